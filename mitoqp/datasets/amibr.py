@@ -1,0 +1,95 @@
+"""AMi-Br and AtNorM-Br: 128-px fields centred on a mitotic figure.
+
+The split is fixed by slide (see ../shared/data/README.md): validation and
+test slides below, everything else trains. MIDOG21 fields get every figure
+and look-alike inside them from the complete MIDOG 2021 labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mitoqp.datasets.coco import read_coco
+from mitoqp.datasets.fields import Field
+
+PATCH = 128
+SPLITS = {
+    "MIDOG21": {
+        "validation": {*range(41, 46), *range(91, 96), *range(141, 146)},
+        "test": {*range(46, 51), *range(96, 101), *range(146, 151)},
+    },
+    "TUPAC16": {
+        "validation": {30, 37, 44, 51, 58, 65, 72},
+        "test": {31, 38, 45, 52, 59, 66, 73},
+    },
+}
+
+
+def split_of(dataset: str, slide: str) -> str:
+    m = re.match(r"\d+", slide)
+    if not m or dataset not in SPLITS:
+        raise ValueError(f"cannot place slide {slide!r} of {dataset!r} in the split")
+    case = int(m.group())
+    for split, cases in SPLITS[dataset].items():
+        if case in cases:
+            return split
+    return "train"
+
+
+def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | None = None) -> list[Field]:
+    """Fields of AMi-Br, optionally only some splits.
+
+    `midog_json` (the complete MIDOG 2021 labels) adds the other figures and
+    the look-alikes that fall inside MIDOG21 fields.
+    """
+    root = Path(root)
+    table = root / "AMI-BR.csv"
+    coco = read_coco(midog_json) if midog_json else {}
+    fields = []
+    try:
+        rows = list(csv.DictReader(table.open(newline="")))
+    except OSError as exc:
+        raise ValueError(f"cannot read {table}: {exc}") from None
+    for row in rows:
+        try:
+            dataset, slide, uid = row["dataset"], row["slide"], row["uid"]
+            cx, cy = float(row["x"]), float(row["y"])
+            atypical = row["majority_atypical"].strip() == "True"
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed row in {table}: {row!r} ({exc})") from None
+        split = split_of(dataset, slide)
+        if splits and split not in splits:
+            continue
+        path = root / ("Atypical" if atypical else "Normal") / f"{dataset}_{uid}.png"
+        figures = np.array([[PATCH / 2, PATCH / 2]])
+        lookalikes = np.zeros((0, 2))
+        if dataset == "MIDOG21" and slide in coco:
+            origin = np.array([cx - PATCH / 2, cy - PATCH / 2])
+            figures = _inside(coco[slide]["figures"] - origin)
+            lookalikes = _inside(coco[slide]["lookalikes"] - origin)
+        fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical))
+    return fields
+
+
+def _inside(points: np.ndarray) -> np.ndarray:
+    keep = np.all((points >= 0) & (points < PATCH), axis=1)
+    return points[keep]
+
+
+def read_atnorm(root: Path) -> list[Field]:
+    """AtNorM-Br fields (external test only): one figure at the centre of each."""
+    root = Path(root)
+    fields = []
+    for label in ("Normal", "Atypical"):
+        for path in sorted((root / label).glob("*.png")):
+            fields.append(
+                Field(f"atnorm-br_{label}_{path.stem}", path, "atnorm-br", "external",
+                      np.array([[PATCH / 2, PATCH / 2]]), atypical=label == "Atypical")
+            )
+    if not fields:
+        raise ValueError(f"no AtNorM-Br patches under {root}")
+    return fields
