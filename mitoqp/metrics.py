@@ -1,0 +1,134 @@
+"""Detection metrics judged the way a slide would be: per mm^2, not per field.
+
+A field centred on a figure holds about a thousand figures per mm^2; tumour
+holds about five. Precision measured on fields is therefore meaningless for a
+slide; recall against false detections per mm^2 is not, and the
+HPF-equivalent F1 recomputes precision at MIDOG21's figure density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+# MIDOG 2021 training set: 1,721 figures on 150 labelled breast regions of 7215x5412 px at 0.25 um/px.
+MIDOG21_FIGURES_PER_MM2 = 1721 / (150 * 7215 * 5412 * 0.25**2 * 1e-6)
+
+
+@dataclass
+class Match:
+    """One field's outcome: which detections matched a figure, which figures were found."""
+
+    det_scores: np.ndarray  # (D,)
+    det_is_tp: np.ndarray  # (D,) bool
+    det_on_lookalike: np.ndarray  # (D,) bool, unmatched detections on a labelled look-alike
+    fig_best_score: np.ndarray  # (F,) score of the matched detection, -inf if none
+
+
+def match_detections(
+    det_xy: np.ndarray,
+    det_scores: np.ndarray,
+    figures: np.ndarray,
+    radius_px: float,
+    lookalikes: np.ndarray | None = None,
+) -> Match:
+    """One-to-one matching of detections to figures within `radius_px` (Hungarian, by score then distance).
+
+    Every detection is considered: apply a threshold afterwards by score. The
+    assignment maximises the number of matches and prefers higher scores.
+    """
+    det_xy = np.asarray(det_xy, dtype=np.float64).reshape(-1, 2)
+    det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    figures = np.asarray(figures, dtype=np.float64).reshape(-1, 2)
+    nd, nf = len(det_xy), len(figures)
+    is_tp = np.zeros(nd, bool)
+    best = np.full(nf, -np.inf)
+    if nd and nf:
+        dist = np.hypot(*(det_xy[:, None, :] - figures[None, :, :]).transpose(2, 0, 1))
+        ok = dist <= radius_px
+        # big reward for any match, then prefer high scores, then short distances
+        cost = np.where(ok, -(1e6 + det_scores[:, None] * 1e3 - dist / radius_px), 0.0)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols):
+            if ok[r, c]:
+                is_tp[r] = True
+                best[c] = det_scores[r]
+    on_lookalike = np.zeros(nd, bool)
+    if lookalikes is not None and len(lookalikes) and nd:
+        la = np.asarray(lookalikes, dtype=np.float64).reshape(-1, 2)
+        d = np.hypot(*(det_xy[:, None, :] - la[None, :, :]).transpose(2, 0, 1)).min(axis=1)
+        on_lookalike = (~is_tp) & (d <= radius_px)
+    return Match(det_scores, is_tp, on_lookalike, best)
+
+
+def hpf_equivalent(recall: float, fp_per_mm2: float, density: float = MIDOG21_FIGURES_PER_MM2) -> tuple[float, float]:
+    """(precision, F1) of a detector with this recall and false-detection rate on tumour of `density` figures/mm^2."""
+    tp = recall * density
+    precision = tp / (tp + fp_per_mm2) if tp + fp_per_mm2 > 0 else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return precision, f1
+
+
+def operating_point(matches: list[Match], area_mm2: float, threshold: float) -> dict:
+    """Recall, false detections per mm^2, field P/R/F1 and HPF-equivalent F1 at one threshold."""
+    n_fig = sum(len(m.fig_best_score) for m in matches)
+    tp = sum(int((m.fig_best_score >= threshold).sum()) for m in matches)
+    fp = sum(int(((m.det_scores >= threshold) & ~m.det_is_tp).sum()) for m in matches)
+    fp_la = sum(int(((m.det_scores >= threshold) & m.det_on_lookalike).sum()) for m in matches)
+    recall = tp / n_fig if n_fig else 0.0
+    fp_mm2 = fp / area_mm2 if area_mm2 > 0 else 0.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    hpf_p, hpf_f1 = hpf_equivalent(recall, fp_mm2)
+    return {
+        "threshold": float(threshold), "figures": n_fig, "tp": tp, "fp": fp, "fp_on_lookalikes": fp_la,
+        "recall": recall, "fp_per_mm2": fp_mm2, "field_precision": precision, "field_f1": f1,
+        "hpf_precision": hpf_p, "hpf_f1": hpf_f1,
+    }
+
+
+def froc(matches: list[Match], area_mm2: float, thresholds: np.ndarray | None = None) -> list[dict]:
+    """Operating points over thresholds (default: every distinct detection score)."""
+    if thresholds is None:
+        scores = np.concatenate([m.det_scores for m in matches] + [np.zeros(0)])
+        thresholds = np.unique(np.concatenate([scores, [np.inf]]))
+    return [operating_point(matches, area_mm2, t) for t in thresholds]
+
+
+def best_threshold(matches: list[Match], area_mm2: float) -> dict:
+    """The operating point with the highest HPF-equivalent F1 (ties: the higher threshold)."""
+    points = froc(matches, area_mm2)
+    return max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, bool)
+    npos, nneg = labels.sum(), (~labels).sum()
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def sensitivity_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """Share of positives scoring above the score that only `fpr` of negatives exceed."""
+    labels = np.asarray(labels, bool)
+    neg = np.sort(np.asarray(scores)[~labels])
+    if len(neg) == 0 or labels.sum() == 0:
+        return float("nan")
+    k = int(np.floor(fpr * len(neg)))
+    cut = neg[len(neg) - 1 - k] if k < len(neg) else -np.inf
+    return float((np.asarray(scores)[labels] > cut).mean())
+
+
+def bootstrap_ci(values_fn, n_items: int, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of `values_fn(indices)` over resamples of the items (fields)."""
+    rng = np.random.default_rng(seed)
+    stats = [values_fn(rng.integers(0, n_items, n_items)) for _ in range(reps)]
+    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)

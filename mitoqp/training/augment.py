@@ -1,0 +1,73 @@
+"""Training augmentation on uint8 crops, batched in torch.
+
+Random centre jitter, flips and right-angle rotations, HED-space stain
+jitter (scale and shift of each stain's density, Tellez et al. 2018) and
+brightness/contrast. Positives also get the padding geometry of random
+negatives, so the classifier cannot tell the classes by their borders.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mitoqp.patches import PAD_VALUE
+from mitoqp.stain import RUIFROK_STAIN_FROM_OD, stain_matrix
+
+_STAIN_FROM_OD = torch.tensor(RUIFROK_STAIN_FROM_OD, dtype=torch.float32)
+_OD_FROM_STAIN = torch.tensor(stain_matrix(), dtype=torch.float32)
+
+
+def match_borders(crops: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """Copy of `crops` where a share `p` of positives is padded like a randomly drawn negative."""
+    crops = crops.copy()
+    neg = np.flatnonzero(labels == 0)
+    if len(neg) == 0:
+        return crops
+    size = crops.shape[1]
+    for i in np.flatnonzero((labels == 1) & (rng.random(len(labels)) < p)):
+        x0, y0, x1, y1 = valid[rng.choice(neg)]
+        if x0 == 0 and y0 == 0 and x1 == size and y1 == size:
+            continue
+        keep = crops[i, y0:y1, x0:x1].copy()
+        crops[i] = PAD_VALUE
+        crops[i, y0:y1, x0:x1] = keep
+    return crops
+
+
+def hed_jitter(x: torch.Tensor, sigma: float, bias: float, gen: torch.Generator) -> torch.Tensor:
+    """x: (N, 3, H, W) float 0..255. Scales and shifts each stain's density per sample."""
+    n = x.shape[0]
+    od = -torch.log10(torch.clamp(x, min=1.0) / 255.0)
+    stains = torch.einsum("nchw,cs->nshw", od, _STAIN_FROM_OD)
+    alpha = 1 + (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * sigma
+    beta = (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * bias
+    background = (od.sum(1, keepdim=True) < 0.05)  # leave glass and padding white
+    stains = stains * alpha + beta * (~background)
+    od = torch.einsum("nshw,sc->nchw", stains, _OD_FROM_STAIN)
+    return torch.clamp(255.0 * torch.pow(10.0, -od), 0, 255)
+
+
+def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, patch, patch) float 0..255, augmented."""
+    n, s = crops.shape[0], crops.shape[1]
+    jitter = (s - patch) // 2
+    out = np.empty((n, patch, patch, 3), np.uint8)
+    offs = rng.integers(0, 2 * jitter + 1, size=(n, 2)) if jitter > 0 else np.zeros((n, 2), int)
+    for i in range(n):
+        c = crops[i, offs[i, 1]:offs[i, 1] + patch, offs[i, 0]:offs[i, 0] + patch]
+        c = np.rot90(c, rng.integers(4))
+        out[i] = c[:, ::-1] if rng.random() < 0.5 else c
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
+    x = hed_jitter(x, cfg.get("stain_sigma", 0.05), cfg.get("stain_bias", 0.05), gen)
+    bright = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("brightness", 0.1) * 255
+    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("contrast", 0.1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.clamp((x - mean) * contrast + mean + bright, 0, 255)
+
+
+def center_batch(crops: np.ndarray, patch: int) -> torch.Tensor:
+    """The un-augmented centre patch of each crop, as the runtime would see it."""
+    o = (crops.shape[1] - patch) // 2
+    c = crops[:, o:o + patch, o:o + patch]
+    return torch.from_numpy(np.ascontiguousarray(c)).permute(0, 3, 1, 2).float()
