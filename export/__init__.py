@@ -1,0 +1,1 @@
+"""mitoqp.export: checkpoints to ONNX (needs the train extra: torch, onnx)."""

@@ -1,0 +1,1 @@
+"""Models shipped with mitoqp: `default/` is the one `mitoqp run` uses."""

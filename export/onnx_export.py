@@ -1,0 +1,121 @@
+"""`mitoqp export CHECKPOINT -o MODEL_DIR`: a checkpoint to ONNX plus the runtime's model config.
+
+The exported graph is checked against PyTorch on real patches: maximum
+absolute difference of the probabilities, and identical decisions at the
+stored threshold. The config carries everything the runtime needs and the
+sha256 of the ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mitoqp.io_utils import atomic_path, write_json_atomic
+from mitoqp.runtime.backend import OnnxRuntimeBackend, to_nchw
+from mitoqp.runtime.model import sha256_file
+from mitoqp.training.model import build_model
+
+OPSET = 17
+
+
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model = build_model(ckpt["config"].get("model", {}))
+        model.load_state_dict(ckpt["state_dict"])
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), ckpt
+
+
+def export_onnx(model: torch.nn.Module, patch: int, path: Path) -> None:
+    dummy = torch.zeros(2, 3, patch, patch)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            model, (dummy,), str(tmp), input_names=["patches"], output_names=["probability"],
+            dynamic_axes={"patches": {0: "batch"}, "probability": {0: "batch"}}, opset_version=OPSET,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float) -> dict:
+    """Max |p_torch - p_onnx| and the number of decisions that differ at `threshold`."""
+    with torch.no_grad():
+        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy()
+    p_onnx = OnnxRuntimeBackend(onnx_path).predict(patches)
+    return {
+        "patches": int(len(patches)),
+        "max_abs_diff": float(np.max(np.abs(p_torch - p_onnx))) if len(patches) else 0.0,
+        "decisions_differ": int(((p_torch >= threshold) != (p_onnx >= threshold)).sum()),
+    }
+
+
+def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: dict | None = None) -> dict:
+    """Export and check; `patches` (N, P, P, 3) uint8 are real patches for the parity check."""
+    model, ckpt = load_checkpoint(checkpoint)
+    patch = int(ckpt["patch"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    export_onnx(model, patch, onnx_path)
+    check = parity(model, onnx_path, patches, float(ckpt["threshold"]))
+    if check["decisions_differ"] or check["max_abs_diff"] > 1e-4:
+        raise ValueError(f"ONNX export disagrees with PyTorch: {check}")
+    cfg = ckpt["config"]
+    config = {
+        "id": (extra or {}).get("id", out_dir.name),
+        "architecture": "CompactResNet",
+        "widths": list(cfg.get("model", {}).get("widths", [16, 24, 48, 96])),
+        "input_size": patch,
+        "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
+        "normalisation": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
+        "output": "probability of a mitotic figure",
+        "mpp": 0.25,
+        "threshold": float(ckpt["threshold"]),
+        "class_names": ["Mitotic figure"],
+        "candidates": ckpt["candidates"],
+        "macs_per_patch": int(ckpt.get("macs", 0)),
+        "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels",
+        "validation_metrics": ckpt.get("val_metrics", {}),
+        "onnx_opset": OPSET,
+        "parity": check,
+        "onnx_sha256": sha256_file(onnx_path),
+    }
+    config.update(extra or {})
+    write_json_atomic(out_dir / "model.json", config)
+    return config
+
+
+def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> np.ndarray:
+    """Real patches around the candidates of some fields."""
+    from mitoqp.training.samples import field_candidates
+    from mitoqp.patches import extract_patches
+
+    out = []
+    for f in fields:
+        img = f.image()
+        out.append(extract_patches(img, field_candidates(img, f.mpp, params), patch))
+        if sum(len(o) for o in out) >= limit:
+            break
+    return np.concatenate(out)[:limit] if out else np.zeros((0, patch, patch, 3), np.uint8)
+
+
+def main_export(checkpoint: Path, out_dir: Path, amibr: Path | None, midog_json: Path | None) -> dict:
+    from mitoqp.candidates import CandidateParams
+    from mitoqp.datasets import read_amibr
+
+    _, ckpt = load_checkpoint(checkpoint)
+    fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
+    patches = parity_patches_from_fields(fields, int(ckpt["patch"]), CandidateParams(**ckpt["candidates"]))
+    if len(patches) == 0:
+        rng = np.random.default_rng(0)
+        patches = rng.integers(0, 256, (64, int(ckpt["patch"]), int(ckpt["patch"]), 3), dtype=np.uint8)
+    config = export_model(checkpoint, out_dir, patches)
+    print(json.dumps(config["parity"]))
+    return config

@@ -1,0 +1,172 @@
+"""`mitoqp run`: many slides in, per-slide GeoJSON and QC image, a run summary out.
+
+A bad slide gets a one-line error in the summary and the run goes on. Every
+file is written under a temporary name and renamed, and a slide's record
+(`<name>.result.json`) is written last, so a re-run can skip exactly the
+slides whose outputs are complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mitoqp import __version__
+from mitoqp.io_utils import write_json_atomic, write_text_atomic
+from mitoqp.pipeline import Options, analyse_slide
+from mitoqp.qupath_geojson import detection_features, write_detections
+from mitoqp.runtime.model import Model
+from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
+from mitoqp.tissue import save_qc
+
+SUMMARY_FIELDS = [
+    "slide", "status", "error", "mitotic_count", "tissue_area_mm2", "count_per_mm2", "hotspot_count",
+    "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
+]
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, folders (their slides and images), globs, and text files listing one path a line."""
+    suffixes = SLIDE_SUFFIXES | FIELD_SUFFIXES
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            base = p.parent
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    out.append(q if q.is_absolute() else base / q)
+        elif any(c in item for c in "*?["):
+            out += sorted(Path(g) for g in glob.glob(item, recursive=True) if Path(g).is_file())
+        else:
+            out.append(p)  # missing files are reported per slide, not here
+    seen, unique = set(), []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def output_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def versions() -> dict:
+    import numpy
+    import onnxruntime
+    import tiffslide
+
+    return {"mitoqp": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "onnxruntime": onnxruntime.__version__, "tiffslide": tiffslide.__version__}
+
+
+@dataclass
+class RunConfig:
+    out_dir: Path
+    options: Options
+    overwrite: bool = False
+    backend: str = "tiffslide"
+    geometry: str = "circle"
+
+
+def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
+    out = cfg.out_dir
+    record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256}
+    t0 = time.perf_counter()
+    try:
+        with open_slide(path, "auto" if cfg.backend == "tiffslide" else cfg.backend) as slide:
+            res = analyse_slide(slide, model, cfg.options)
+        t = time.perf_counter()
+        det = res.detected
+        write_detections(out / f"{name}.geojson",
+                         detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry))
+        if res.tissue is not None:
+            save_qc(res.tissue, out / f"{name}.tissue.png", res.xy[det])
+        res.timings["write"] = time.perf_counter() - t
+        area = res.analysed_area_mm2
+        record.update(
+            status="ok", error="", mitotic_count=res.count, tissue_area_mm2=round(area, 4),
+            count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=res.hotspot_count(),
+            candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
+            windows=res.windows, mpp=res.mpp, threshold=res.threshold,
+            timings={k: round(v, 4) for k, v in res.timings.items()},
+        )
+    except (SlideError, ValueError, OSError, MemoryError) as exc:
+        record.update(status="error", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    if record["status"] == "ok":
+        write_json_atomic(out / f"{name}.result.json", record)
+    return record
+
+
+def is_complete(out: Path, name: str) -> dict | None:
+    """The slide's record if all its outputs are there (the record is written last)."""
+    rec_path = out / f"{name}.result.json"
+    if not rec_path.exists() or not (out / f"{name}.geojson").exists():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+    except ValueError:
+        return None
+    return rec if rec.get("status") == "ok" else None
+
+
+def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = True) -> list[dict]:
+    paths = expand_inputs(inputs)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    records, names = [], set()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for path in tqdm(paths, desc="slides", unit="slide", disable=not progress, file=sys.stderr):
+        name = output_name(path)
+        if name in names:
+            records.append({"slide": str(path), "name": name, "status": "error",
+                            "error": f"another input already writes outputs named {name!r}"})
+            continue
+        names.add(name)
+        done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
+        if done is not None and done.get("model_sha256") == model.sha256:
+            done["status"] = "skipped"
+            records.append(done)
+            continue
+        rec = process_slide(path, name, model, cfg)
+        if rec["status"] == "error":
+            tqdm.write(f"error: {path}: {rec['error']}", file=sys.stderr)
+        records.append(rec)
+    write_summaries(cfg.out_dir, records, model, started)
+    return records
+
+
+def write_summaries(out: Path, records: list[dict], model: Model, started: str) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS + ["timings"], extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        row = {k: r.get(k, "") for k in SUMMARY_FIELDS}
+        row["timings"] = json.dumps(r.get("timings", {}))
+        writer.writerow(row)
+    write_text_atomic(out / "summary.csv", buf.getvalue())
+    write_json_atomic(out / "summary.json", {
+        "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": {"id": model.id, "sha256": model.sha256, "directory": str(model.directory), "threshold": model.threshold},
+        "versions": versions(), "slides": records,
+    })

@@ -1,0 +1,174 @@
+"""The `mitoqp` command: run, info, train, evaluate, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mitoqp import __version__
+
+SHARED = Path("../shared/data")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mitoqp.batch import RunConfig, run_batch
+    from mitoqp.pipeline import Options
+    from mitoqp.roi import read_roi
+    from mitoqp.runtime.model import load_model
+
+    try:
+        model = load_model(args.model, threads=args.threads)
+        roi = read_roi(args.roi) if args.roi else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = Options(mpp=args.mpp, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,
+                   stain=args.stain, roi=roi, window_px=args.window)
+    records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry),
+                        progress=not args.quiet)
+    if not records:
+        print("error: no slides found in the inputs", file=sys.stderr)
+        return 2
+    for r in records:
+        if r["status"] in ("ok", "skipped"):
+            print(f"{r['name']}: {r['status']}, {r['mitotic_count']} mitotic figures in {r['tissue_area_mm2']} mm2 "
+                  f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']}/{2:g} mm2)")
+        else:
+            print(f"{r['name']}: error: {r['error']}")
+    failed = sum(r["status"] == "error" for r in records)
+    print(f"{len(records) - failed} of {len(records)} slides done, results in {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mitoqp.slide import SlideError, open_slide
+    from mitoqp.tissue import detect_tissue
+
+    try:
+        with open_slide(args.slide, "auto" if args.reader == "tiffslide" else args.reader) as slide:
+            i = slide.info
+            mpp = args.mpp or i.mpp
+            out = {
+                "path": i.path, "format": i.format, "vendor": i.vendor, "levels": len(i.level_dimensions),
+                "level_dimensions": [list(d) for d in i.level_dimensions],
+                "level_downsamples": [round(d, 4) for d in i.level_downsamples],
+                "tile_size": [list(t) for t in i.tile_sizes], "mpp": i.mpp,
+            }
+            if mpp:
+                tm = detect_tissue(slide, mpp)
+                out["size_mm"] = [round(d * mpp / 1000, 3) for d in i.dimensions]
+                out["tissue_fraction"] = round(float(tm.mask.mean()), 4)
+                out["tissue_area_mm2"] = round(tm.area_mm2, 3)
+            else:
+                out["tissue_fraction"] = None
+                out["note"] = "no microns-per-pixel in the metadata: give --mpp for sizes and tissue"
+    except SlideError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mitoqp.training.train import train_from_config
+
+    try:
+        train_from_config(args.config, args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mitoqp.export.onnx_export import main_export
+
+    try:
+        main_export(args.checkpoint, args.out, args.amibr, args.midog_json)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mitoqp.evaluate import evaluate_main
+
+    try:
+        evaluate_main(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mitoqp", description="Mitotic figure detection on H&E slides, results for QuPath.")
+    p.add_argument("--version", action="version", version=f"mitoqp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="detect mitotic figures on slides", description=(
+        "Detect mitotic figures on slides or fields. Writes <name>.geojson (QuPath detections), "
+        "<name>.tissue.png (QC) and <name>.result.json per slide, and summary.csv/summary.json per run."))
+    r.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
+    r.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    r.add_argument("--model", type=Path, default=None, help="exported model folder (default: the bundled model)")
+    r.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    r.add_argument("--batch-size", type=int, default=256, help="patches per model call")
+    r.add_argument("--workers", type=int, default=2, help="tile decoding threads")
+    r.add_argument("--threads", type=int, default=0, help="model inference threads (0: all cores)")
+    r.add_argument("--mpp", type=float, default=None, help="microns per pixel, overriding the slide's metadata")
+    r.add_argument("--roi", type=Path, default=None, help="QuPath GeoJSON of polygons (level-0 px) to restrict to")
+    r.add_argument("--stain", choices=["ruifrok", "macenko"], default="ruifrok", help="stain vectors")
+    r.add_argument("--reader", choices=["tiffslide", "openslide"], default="tiffslide", help="slide reader")
+    r.add_argument("--geometry", choices=["circle", "point"], default="circle", help="GeoJSON shape per detection")
+    r.add_argument("--window", type=int, default=2048, help="window size in level pixels (memory vs overhead)")
+    r.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("info", help="describe a slide", description="Format, levels, size, microns per pixel, vendor, tile size, tissue fraction.")
+    i.add_argument("slide", type=Path)
+    i.add_argument("--mpp", type=float, default=None, help="microns per pixel when the metadata lacks it")
+    i.add_argument("--reader", choices=["tiffslide", "openslide"], default="tiffslide")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train a model from a recipe (needs the train extra)",
+                       description="Train the recipe in CONFIG (TOML); writes config, log, metrics.jsonl and best.pt into --out.")
+    t.add_argument("config", type=Path)
+    t.add_argument("-o", "--out", type=Path, required=True, help="run folder")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a checkpoint to an ONNX model folder",
+                       description="ONNX (dynamic batch, opset 17) + model.json, checked against PyTorch on real patches.")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("-o", "--out", type=Path, required=True, help="model folder")
+    e.add_argument("--amibr", type=Path, default=SHARED / "ami-br", help="AMi-Br folder (patches for the parity check)")
+    e.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="evaluate a model on held-out fields and slides",
+                       description="Runs the full runtime path on each field; FROC, HPF-equivalent F1, AUC, bootstrap intervals.")
+    v.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
+    v.add_argument("--splits", default="validation,test,atnorm-br", help="comma-separated: validation, test, atnorm-br")
+    v.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
+    v.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br")
+    v.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
+    v.add_argument("--slides", nargs="*", type=Path, default=None, help="slides for detections per mm2 of tissue")
+    v.add_argument("--threshold", type=float, default=None, help="operating threshold (default: the model's)")
+    v.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    v.add_argument("--limit", type=int, default=None, help="fields per split (quick checks)")
+    v.add_argument("-o", "--out", type=Path, required=True, help="folder for evaluation.json and evaluation.md")
+    v.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""One slide, end to end: tissue, windows, stain, candidates, patches, model, merge.
+
+This is the only inference path: `mitoqp run` and `mitoqp evaluate` both call
+`analyse_slide`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from scipy.spatial import cKDTree
+
+from mitoqp.candidates import Candidates, find_candidates
+from mitoqp.patches import extract_patches
+from mitoqp.runtime.model import Model
+from mitoqp.slide import Slide, SlideError
+from mitoqp.stain import hematoxylin, inverse_stain_matrix, macenko_vectors, stain_matrix
+from mitoqp.stream import choose_level, plan_windows, stream_windows
+from mitoqp.tissue import TissueMask, detect_tissue
+
+HOTSPOT_MM2 = 2.0  # area of the usual ten high-power fields
+
+
+@dataclass
+class Options:
+    mpp: float | None = None  # overrides the slide's metadata
+    threshold: float | None = None  # overrides the model's
+    batch_size: int = 256
+    workers: int = 2
+    window_px: int = 2048
+    stain: str = "ruifrok"  # or "macenko": per-slide vectors
+    roi: shapely.Geometry | None = None
+    use_tissue_mask: bool = True
+
+
+@dataclass
+class SlideResult:
+    xy: np.ndarray  # (N, 2) level-0 centres of all scored candidates after merging
+    scores: np.ndarray  # (N,)
+    area_um2: np.ndarray  # (N,)
+    threshold: float
+    mpp: float
+    tissue: TissueMask | None
+    analysed_area_mm2: float
+    candidates: int
+    windows: int
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def detected(self) -> np.ndarray:
+        return self.scores >= self.threshold
+
+    @property
+    def count(self) -> int:
+        return int(self.detected.sum())
+
+    def hotspot_count(self, area_mm2: float = HOTSPOT_MM2) -> int:
+        """Most detections inside any circle of `area_mm2` centred on a detection."""
+        pts = self.xy[self.detected]
+        if len(pts) == 0:
+            return 0
+        radius_px = np.sqrt(area_mm2 / np.pi) * 1000 / self.mpp
+        return int(max(len(n) for n in cKDTree(pts).query_ball_point(pts, radius_px)))
+
+
+def resolve_mpp(slide: Slide, override: float | None) -> float:
+    if override is not None:
+        if not override > 0:
+            raise SlideError(f"--mpp must be positive, got {override}")
+        return float(override)
+    if slide.info.mpp is None:
+        raise SlideError(f"{slide.info.path} has no microns-per-pixel in its metadata: give it with --mpp")
+    return slide.info.mpp
+
+
+def suppress_duplicates(xy: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
+    """Indices kept after dropping any point within `radius` of a higher-scoring kept one."""
+    order = np.argsort(-scores, kind="stable")
+    if len(order) < 2:
+        return order
+    tree = cKDTree(xy)
+    removed = np.zeros(len(xy), bool)
+    keep = []
+    for i in order:
+        if removed[i]:
+            continue
+        keep.append(i)
+        removed[tree.query_ball_point(xy[i], radius)] = True
+    return np.asarray(keep, dtype=int)
+
+
+def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
+    timings: dict[str, float] = defaultdict(float)
+    t = time.perf_counter()
+    mpp = resolve_mpp(slide, opts.mpp)
+    w0, h0 = slide.info.dimensions
+    tissue = detect_tissue(slide, mpp) if opts.use_tissue_mask else None
+    if opts.roi is not None:
+        if not opts.roi.intersects(shapely.box(0, 0, w0, h0)):
+            raise SlideError(f"the ROI lies outside {slide.info.path} ({w0}x{h0} px)")
+        if tissue is not None:
+            s = tissue.scale
+            jj, ii = np.mgrid[: tissue.mask.shape[0], : tissue.mask.shape[1]]
+            tissue.mask &= shapely.contains_xy(opts.roi, (ii + 0.5) * s, (jj + 0.5) * s)
+    timings["tissue"] = time.perf_counter() - t
+    analysed = tissue.area_mm2 if tissue is not None else w0 * h0 * (mpp / 1000) ** 2
+    if opts.roi is not None and tissue is None:
+        analysed = opts.roi.intersection(shapely.box(0, 0, w0, h0)).area * (mpp / 1000) ** 2
+
+    stain_from_od = None
+    if opts.stain == "macenko":
+        t = time.perf_counter()
+        thumb = tissue.thumb[tissue.mask] if tissue is not None and tissue.mask.any() else slide.read_tile(len(slide.info.level_dimensions) - 1, 0, 0)
+        stain_from_od = inverse_stain_matrix(stain_matrix(macenko_vectors(thumb.reshape(-1, 1, 3))))
+        timings["stain_vectors"] = time.perf_counter() - t
+
+    level, resample = choose_level(slide, mpp, model.mpp)
+    work_mpp = mpp * slide.info.level_downsamples[level] / resample
+    params = model.candidates
+    halo = model.patch // 2 + int(np.ceil(params.merge_um / work_mpp)) + 8
+    keep = tissue.any_in if tissue is not None else None
+    plan = plan_windows(slide, level, resample, halo, opts.window_px, keep)
+    threshold = model.threshold if opts.threshold is None else float(opts.threshold)
+
+    xy_parts, score_parts, area_parts = [], [], []
+    n_cands = 0
+    t_wait = time.perf_counter()
+    for win in stream_windows(slide, plan, opts.workers):
+        timings["read"] += win.read_seconds
+        timings["wait"] += time.perf_counter() - t_wait
+        t = time.perf_counter()
+        h = hematoxylin(win.rgb, stain_from_od)
+        t2 = time.perf_counter()
+        timings["deconvolve"] += t2 - t
+        cands = find_candidates(h, work_mpp, params)
+        x0, y0, x1, y1 = win.core
+        inside = (cands.xy[:, 0] >= x0) & (cands.xy[:, 0] < x1) & (cands.xy[:, 1] >= y0) & (cands.xy[:, 1] < y1)
+        cands = cands.select(inside)
+        if tissue is not None and len(cands):
+            cands = cands.select(tissue.contains(win.to_level0(cands.xy)))
+        t3 = time.perf_counter()
+        timings["candidates"] += t3 - t2
+        n_cands += len(cands)
+        scores = score_candidates(win.rgb, cands, model, opts.batch_size, timings)
+        xy_parts.append(win.to_level0(cands.xy))
+        score_parts.append(scores)
+        area_parts.append(cands.area_um2)
+        t_wait = time.perf_counter()
+
+    t = time.perf_counter()
+    xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
+    scores = np.concatenate(score_parts + [np.zeros(0)])
+    areas = np.concatenate(area_parts + [np.zeros(0)])
+    # one figure, one detection: a blob group split by a window seam is merged here
+    kept = suppress_duplicates(xy, scores, params.merge_um / mpp)
+    xy, scores, areas = xy[kept], scores[kept], areas[kept]
+    if opts.roi is not None and len(xy):
+        inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])
+        xy, scores, areas = xy[inside], scores[inside], areas[inside]
+    timings["merge"] = time.perf_counter() - t
+    return SlideResult(xy, scores, areas, threshold, mpp, tissue, analysed, n_cands, len(plan.windows), dict(timings))
+
+
+def score_candidates(rgb: np.ndarray, cands: Candidates, model: Model, batch: int, timings: dict) -> np.ndarray:
+    out = np.empty(len(cands), np.float32)
+    buf = np.empty((min(batch, max(len(cands), 1)), model.patch, model.patch, 3), np.uint8)
+    for i in range(0, len(cands), batch):
+        t = time.perf_counter()
+        part = extract_patches(rgb, cands.xy[i:i + batch], model.patch, buf[: min(batch, len(cands) - i)])
+        t2 = time.perf_counter()
+        timings["patches"] += t2 - t
+        out[i:i + batch] = model.backend.predict(part)
+        timings["model"] += time.perf_counter() - t2
+    return out

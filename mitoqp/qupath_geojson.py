@@ -1,0 +1,53 @@
+"""Detections as GeoJSON that QuPath imports as detection objects.
+
+QuPath reads `objectType` only from inside `properties`, needs a colour with
+every classification name, wants UUID ids and a flat dict of numeric
+measurements (../shared/docs/facts.md).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from mitoqp.io_utils import write_text_atomic
+
+CLASS_NAME = "Mitotic figure"
+CLASS_COLOR = [255, 0, 0]
+CIRCLE_VERTICES = 32
+
+
+def circle(x: float, y: float, r: float, n: int = CIRCLE_VERTICES) -> list[list[float]]:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = [[round(float(x + r * np.cos(t)), 2), round(float(y + r * np.sin(t)), 2)] for t in a]
+    return ring + [ring[0]]
+
+
+def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray, mpp: float,
+                       shape: str = "circle") -> list[dict]:
+    """One Feature per detection; `shape` is "circle" (extent of the blob) or "point"."""
+    feats = []
+    for (x, y), s, a in zip(np.asarray(xy, float), np.asarray(scores, float), np.asarray(area_um2, float)):
+        if shape == "point":
+            geom = {"type": "Point", "coordinates": [round(float(x), 2), round(float(y), 2)]}
+        else:
+            r_px = max(np.sqrt(a / np.pi) / mpp, 2.0)
+            geom = {"type": "Polygon", "coordinates": [circle(x, y, r_px)]}
+        feats.append({
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": geom,
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": CLASS_NAME, "color": CLASS_COLOR},
+                "measurements": {"score": round(float(s), 5), "area_um2": round(float(a), 3)},
+            },
+        })
+    return feats
+
+
+def write_detections(path: Path, features: list[dict]) -> None:
+    write_text_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}) + "\n")

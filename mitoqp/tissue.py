@@ -1,0 +1,119 @@
+"""Tissue mask on a low-resolution thumbnail, streamed tile by tile.
+
+Tissue is stained (saturation or optical density above glass), not black
+padding; small specks are dropped and small holes filled. The mask decides
+which windows are read at full resolution and gives the tissue area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from mitoqp.slide import Slide
+from mitoqp.stain import OD_TABLE
+
+THUMB_MPP = 8.0  # micrometres per thumbnail pixel
+
+
+@dataclass
+class TissueMask:
+    mask: np.ndarray  # (h, w) bool
+    thumb: np.ndarray  # (h, w, 3) uint8
+    scale: float  # level-0 pixels per thumbnail pixel
+    mpp: float  # level-0 micrometres per pixel
+
+    @property
+    def area_mm2(self) -> float:
+        return float(self.mask.sum()) * (self.scale * self.mpp / 1000) ** 2
+
+    def any_in(self, x0: float, y0: float, x1: float, y1: float) -> bool:
+        """Whether tissue lies in the level-0 box [x0, x1) x [y0, y1)."""
+        s = self.scale
+        a, b = int(max(x0 // s, 0)), int(np.ceil(x1 / s))
+        c, d = int(max(y0 // s, 0)), int(np.ceil(y1 / s))
+        return bool(self.mask[c:d, a:b].any())
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """Per level-0 point, whether its thumbnail pixel is tissue."""
+        ij = np.floor(np.asarray(xy) / self.scale).astype(int)
+        h, w = self.mask.shape
+        ok = (ij[:, 0] >= 0) & (ij[:, 0] < w) & (ij[:, 1] >= 0) & (ij[:, 1] < h)
+        out = np.zeros(len(ij), bool)
+        out[ok] = self.mask[ij[ok, 1], ij[ok, 0]]
+        return out
+
+
+def thumbnail(slide: Slide, mpp: float, target_mpp: float = THUMB_MPP) -> tuple[np.ndarray, float]:
+    """(thumbnail, level-0 px per thumbnail px), built from the coarsest useful level one tile at a time."""
+    info = slide.info
+    want = target_mpp / mpp  # level-0 pixels per thumbnail pixel
+    level = max((i for i, d in enumerate(info.level_downsamples) if d <= want), default=0)
+    factor = want / info.level_downsamples[level]  # level pixels per thumbnail pixel (>= 1)
+    lw, lh = info.level_dimensions[level]
+    tw, th = info.tile_sizes[level]
+    out_w, out_h = max(1, int(round(lw / factor))), max(1, int(round(lh / factor)))
+    thumb = np.full((out_h, out_w, 3), 255, np.uint8)
+    ntx, nty = slide.tile_grid(level)
+    for ty in range(nty):
+        for tx in range(ntx):
+            tile = slide.read_tile(level, tx, ty)
+            x0, y0 = int(round(tx * tw / factor)), int(round(ty * th / factor))
+            x1 = int(round((tx * tw + tile.shape[1]) / factor))
+            y1 = int(round((ty * th + tile.shape[0]) / factor))
+            if x1 > x0 and y1 > y0:
+                small = np.asarray(Image.fromarray(tile).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
+                thumb[y0:y1, x0:x1] = small[: out_h - y0, : out_w - x0]
+    return thumb, lw * info.level_downsamples[level] / out_w
+
+
+def tissue_from_thumb(thumb: np.ndarray, px_um: float, min_object_um2: float = 5000.0, max_hole_um2: float = 20000.0,
+                      min_saturation: float = 0.07, min_od: float = 0.1) -> np.ndarray:
+    """Boolean tissue mask of an RGB thumbnail whose pixels are `px_um` micrometres wide."""
+    rgb = thumb.astype(np.float32)
+    hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0)
+    od = OD_TABLE[thumb].sum(axis=2)
+    mask = ((saturation > min_saturation) | (od > min_od)) & (hi > 30) & (lo < 235)
+    mask = ndimage.binary_opening(mask, iterations=1) if min(mask.shape) > 8 else mask
+    px_area = px_um * px_um
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        keep = sizes * px_area >= min_object_um2
+        keep[0] = False
+        mask = keep[labels]
+    holes, n = ndimage.label(~mask)
+    if n:
+        sizes = np.bincount(holes.ravel())
+        border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+        fill = sizes * px_area <= max_hole_um2
+        fill[0] = False
+        fill[border] = False
+        mask = mask | fill[holes]
+    return mask
+
+
+def detect_tissue(slide: Slide, mpp: float) -> TissueMask:
+    thumb, scale = thumbnail(slide, mpp)
+    return TissueMask(tissue_from_thumb(thumb, scale * mpp), thumb, scale, mpp)
+
+
+def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> None:
+    """A small PNG: thumbnail, tissue outline in green, detections in red."""
+    from mitoqp.io_utils import atomic_path
+
+    img = tm.thumb.copy()
+    edge = tm.mask ^ ndimage.binary_erosion(tm.mask)
+    img[edge] = (0, 200, 0)
+    if points is not None and len(points):
+        ij = np.clip(np.floor(points / tm.scale).astype(int), 0, [img.shape[1] - 1, img.shape[0] - 1])
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                img[np.clip(ij[:, 1] + dy, 0, img.shape[0] - 1), np.clip(ij[:, 0] + dx, 0, img.shape[1] - 1)] = (255, 0, 0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")

@@ -1,0 +1,75 @@
+"""An exported model: `model.onnx` plus `model.json` (what the runtime needs to use it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitoqp.candidates import CandidateParams
+from mitoqp.runtime.backend import Backend, make_backend
+
+
+@dataclass
+class Model:
+    directory: Path
+    config: dict
+    backend: Backend
+
+    @property
+    def id(self) -> str:
+        return str(self.config.get("id", self.directory.name))
+
+    @property
+    def sha256(self) -> str:
+        return str(self.config["onnx_sha256"])
+
+    @property
+    def patch(self) -> int:
+        return int(self.config["input_size"])
+
+    @property
+    def mpp(self) -> float:
+        return float(self.config["mpp"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config["threshold"])
+
+    @property
+    def candidates(self) -> CandidateParams:
+        return CandidateParams(**self.config.get("candidates", {}))
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package."""
+    import mitoqp.models
+
+    return Path(mitoqp.models.__file__).parent / "default"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(directory: Path | None = None, backend: str = "onnxruntime", threads: int = 0, verify: bool = True) -> Model:
+    """Load an exported model folder; checks the ONNX file against the hash in its config."""
+    directory = Path(directory) if directory else default_model_dir()
+    cfg_path, onnx_path = directory / "model.json", directory / "model.onnx"
+    if not cfg_path.exists() or not onnx_path.exists():
+        raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and model.onnx)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"bad model config {cfg_path}: {exc}") from None
+    for key in ("input_size", "mpp", "threshold", "onnx_sha256"):
+        if key not in config:
+            raise ValueError(f"model config {cfg_path} lacks {key!r}")
+    if verify and sha256_file(onnx_path) != config["onnx_sha256"]:
+        raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
+    return Model(directory, config, make_backend(backend, onnx_path, threads))
