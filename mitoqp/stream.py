@@ -80,12 +80,14 @@ class TileCache:
         self.slide, self.level, self.pool = slide, level, pool
         self.tiles: dict[tuple[int, int], np.ndarray] = {}
         self.decoded = 0
+        self.peak = 0  # most tiles held at once
 
     def fetch(self, keys: list[tuple[int, int]]) -> None:
         missing = [k for k in keys if k not in self.tiles]
         for key, tile in zip(missing, self.pool.map(lambda k: self.slide.read_tile(self.level, *k), missing)):
             self.tiles[key] = tile
         self.decoded += len(missing)
+        self.peak = max(self.peak, len(self.tiles))
 
     def evict(self, keep: Callable[[int, int], bool]) -> None:
         for key in [k for k in self.tiles if not keep(*k)]:

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from conftest import AMIBR, MIDOG_JSON, needs_data, paint_blob, stain_rgb
+from mitoqp.candidates import CandidateParams, find_candidates
+from mitoqp.stain import hematoxylin
+
+MPP = 0.25
+
+
+def field(size=200):
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = stain_rgb(0.02, 0.25)
+    return img
+
+
+def test_finds_a_dark_nucleus_at_its_centre():
+    img = field()
+    paint_blob(img, 80.0, 120.0, 10, 7, 0.9)
+    c = find_candidates(hematoxylin(img), MPP)
+    assert len(c) == 1
+    assert np.allclose(c.xy[0], [80, 120], atol=0.5)
+    # smoothing widens a dense blob a little at a threshold below its density
+    assert c.area_um2[0] == pytest.approx(np.pi * 10 * 7 * MPP**2, rel=0.25)
+
+
+def test_area_limits_in_square_micrometres():
+    img = field()
+    paint_blob(img, 50, 50, 2, 2, 1.0)  # ~0.8 um^2: debris
+    paint_blob(img, 150, 150, 9, 9, 1.0)
+    c = find_candidates(hematoxylin(img), MPP, CandidateParams(min_area_um2=3))
+    assert len(c) == 1 and np.allclose(c.xy[0], [150, 150], atol=0.5)
+    assert len(find_candidates(hematoxylin(img), MPP, CandidateParams(max_area_um2=5))) == 0
+
+
+def test_split_anaphase_halves_become_one_candidate():
+    img = field()
+    paint_blob(img, 90, 100, 6, 10, 1.0)
+    paint_blob(img, 110, 100, 6, 10, 1.0)  # 20 px = 5 um apart, a gap between them
+    assert len(find_candidates(hematoxylin(img), MPP, CandidateParams(merge_um=0))) == 2
+    c = find_candidates(hematoxylin(img), MPP, CandidateParams(merge_um=6))
+    assert len(c) == 1 and np.allclose(c.xy[0], [100, 100], atol=0.5)
+
+
+def test_threshold_does_not_depend_on_the_darkest_object():
+    img = field()
+    paint_blob(img, 60, 60, 8, 8, 0.6)
+    alone = find_candidates(hematoxylin(img), MPP)
+    paint_blob(img, 150, 150, 8, 8, 2.0)  # a much darker object elsewhere
+    both = find_candidates(hematoxylin(img), MPP)
+    assert len(alone) == 1 and len(both) == 2
+
+
+def test_glass_and_black_padding_give_no_candidates():
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:, 50:] = 255
+    assert len(find_candidates(hematoxylin(img), MPP)) == 0
+
+
+def test_resolution_independent_sizes():
+    img = field(400)
+    paint_blob(img, 200, 200, 20, 14, 0.9)
+    c_hi = find_candidates(hematoxylin(img), MPP / 2)
+    from PIL import Image
+    small = np.asarray(Image.fromarray(img).resize((200, 200), Image.Resampling.BILINEAR))
+    c_lo = find_candidates(hematoxylin(small), MPP)
+    assert c_hi.area_um2[0] == pytest.approx(c_lo.area_um2[0], rel=0.1)
+
+
+@needs_data
+def test_sensitivity_on_validation_fields():
+    """The default front end finds >= 0.98 of validation figures within 7.5 um (README numbers)."""
+    from scipy.spatial import cKDTree
+
+    from mitoqp.datasets import read_amibr
+
+    fields = read_amibr(AMIBR, MIDOG_JSON, {"validation"})
+    hit = total = n = 0
+    for f in fields:
+        c = find_candidates(hematoxylin(f.image()), f.mpp)
+        n += len(c)
+        total += len(f.figures)
+        if len(c):
+            hit += int((cKDTree(c.xy).query(f.figures)[0] <= 7.5 / f.mpp).sum())
+    assert hit / total >= 0.98
+    assert n / len(fields) < 5

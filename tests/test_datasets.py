@@ -1,0 +1,74 @@
+"""Readers on the real files (skipped without them) and on malformed files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import AMIBR, MIDOG_JSON, SHARED, needs_data
+from mitoqp.datasets import read_amibr, read_atnorm, read_coco, read_qupath_points
+from mitoqp.datasets.amibr import split_of
+
+
+def test_split_rules_from_the_readme():
+    assert split_of("MIDOG21", "041.tiff") == "validation"
+    assert split_of("MIDOG21", "150.tiff") == "test"
+    assert split_of("MIDOG21", "040.tiff") == "train"
+    assert split_of("TUPAC16", "30_stitched1.tif") == "validation"
+    assert split_of("TUPAC16", "04_stitched1.tif") == "train"
+    with pytest.raises(ValueError):
+        split_of("OTHER", "1")
+
+
+@needs_data
+def test_amibr_counts_and_complete_midog_labels():
+    fields = read_amibr(AMIBR, MIDOG_JSON)
+    counts = {s: sum(f.split == s for f in fields) for s in ("train", "validation", "test")}
+    assert counts == {"train": 3169, "validation": 291, "test": 260}
+    midog = [f for f in fields if f.dataset == "MIDOG21"]
+    assert all(np.any(np.hypot(*(f.figures - 64).T) <= 1) for f in midog)  # box centres can fall on half pixels
+    assert sum(len(f.figures) - 1 for f in midog) >= 35
+    assert sum(len(f.lookalikes) for f in midog) == 11
+    assert all(f.path.exists() for f in fields[:50])
+
+
+@needs_data
+def test_coco_and_atnorm_readers():
+    coco = read_coco(MIDOG_JSON)
+    assert sum(len(v["figures"]) for v in coco.values()) == 1721
+    assert sum(len(v["lookalikes"]) for v in coco.values()) == 2714
+    at = read_atnorm(SHARED / "atnorm-br")
+    assert len(at) == 746 and all(f.split == "external" for f in at)
+
+
+def test_malformed_files_give_clear_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a COCO"):
+        read_coco(bad)
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"bbox": [1], "image_id": 1, "category_id": 1}]}))
+    with pytest.raises(ValueError, match="malformed annotation"):
+        read_coco(bad)
+    with pytest.raises(ValueError, match="not a GeoJSON"):
+        read_qupath_points(tmp_path / "missing.geojson")
+    (tmp_path / "AMI-BR.csv").write_text("slide,dataset\n001.tiff,MIDOG21\n")
+    with pytest.raises(ValueError, match="malformed row"):
+        read_amibr(tmp_path)
+    with pytest.raises(ValueError, match="no AtNorM-Br"):
+        read_atnorm(tmp_path)
+
+
+def test_qupath_points_reader(tmp_path):
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10, 20]},
+         "properties": {"classification": {"name": "Mitotic figure", "color": [255, 0, 0]}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]]},
+         "properties": {"classification": "mitosis"}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]},
+         "properties": {"classification": {"name": "Tumor", "color": [0, 0, 255]}}},
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[1, 1], [2, 2]]},
+         "properties": {"classification": {"name": "Mitotic figure", "color": [255, 0, 0]}}},
+    ]}
+    path = tmp_path / "pts.geojson"
+    path.write_text(json.dumps(doc))
+    np.testing.assert_allclose(read_qupath_points(path), [[10, 20], [2, 2], [1, 1], [2, 2]])

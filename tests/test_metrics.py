@@ -1,0 +1,65 @@
+"""Evaluation maths on hand-made cases."""
+
+import numpy as np
+import pytest
+
+from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, best_threshold, hpf_equivalent, match_detections, operating_point,
+                            roc_auc, sensitivity_at_fpr)
+
+
+def test_one_to_one_matching_counts_duplicates_as_false():
+    m = match_detections([[10, 10], [12, 10], [100, 100]], [0.9, 0.8, 0.7], [[11, 10]], radius_px=30)
+    assert m.det_is_tp.tolist() == [True, False, False]
+    assert m.fig_best_score.tolist() == [0.9]
+
+
+def test_matching_maximises_matches_over_greedy():
+    # greedy by score would give det 0 to fig 1 (nearer) and leave fig 0 unmatched
+    m = match_detections([[20, 0], [45, 0]], [0.9, 0.5], [[0, 0], [25, 0]], radius_px=22)
+    assert m.det_is_tp.all() and np.isfinite(m.fig_best_score).all()
+
+
+def test_radius_is_inclusive_and_far_detections_are_false():
+    m = match_detections([[30, 0], [31, 0]], [0.5, 0.9], [[0, 0]], radius_px=30)
+    assert m.det_is_tp.tolist() == [True, False]
+
+
+def test_empty_predictions_and_empty_truth():
+    m = match_detections(np.zeros((0, 2)), np.zeros(0), [[5, 5]], 30)
+    op = operating_point([m], 1.0, 0.5)
+    assert op["recall"] == 0 and op["fp"] == 0 and op["hpf_f1"] == 0
+    m = match_detections([[5, 5]], [0.8], np.zeros((0, 2)), 30)
+    op = operating_point([m], 0.5, 0.5)
+    assert op["fp"] == 1 and op["fp_per_mm2"] == 2 and op["figures"] == 0
+
+
+def test_lookalike_hits_are_counted_separately():
+    m = match_detections([[50, 50], [5, 5]], [0.9, 0.9], [[5, 5]], 30, lookalikes=[[52, 50]])
+    op = operating_point([m], 1.0, 0.5)
+    assert op["fp"] == 1 and op["fp_on_lookalikes"] == 1
+
+
+def test_hpf_equivalent_precision():
+    p, f1 = hpf_equivalent(0.8, 1.5)
+    tp = 0.8 * MIDOG21_FIGURES_PER_MM2
+    assert p == pytest.approx(tp / (tp + 1.5))
+    assert f1 == pytest.approx(2 * p * 0.8 / (p + 0.8))
+    assert MIDOG21_FIGURES_PER_MM2 == pytest.approx(4.7, abs=0.05)
+    # a field-perfect classifier with one false detection per four 128-px fields is poor on a slide
+    fp_mm2 = 0.25 / (0.032**2)
+    assert hpf_equivalent(1.0, fp_mm2)[0] < 0.05
+
+
+def test_best_threshold_prefers_fewer_false_detections():
+    m = match_detections([[0, 0], [100, 100]], [0.9, 0.6], [[0, 0]], 30)
+    best = best_threshold([m], 0.001)
+    assert best["threshold"] > 0.6 and best["recall"] == 1.0 and best["fp"] == 0
+
+
+def test_auc_and_sensitivity_at_fpr():
+    labels = np.array([1, 1, 0, 0, 0, 0])
+    assert roc_auc(labels, [0.9, 0.8, 0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc(labels, [0.5] * 6) == 0.5
+    scores = np.r_[np.linspace(0.5, 1, 10), np.linspace(0, 0.6, 100)]
+    lab = np.r_[np.ones(10), np.zeros(100)]
+    assert sensitivity_at_fpr(lab, scores, 0.01) == pytest.approx(0.9, abs=0.11)
