@@ -93,6 +93,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     out = cfg.out_dir
     record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256}
     t0 = time.perf_counter()
+    (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
         with open_slide(path, "auto" if cfg.backend == "tiffslide" else cfg.backend) as slide:
             res = analyse_slide(slide, model, cfg.options)
@@ -150,7 +151,7 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
             continue
         rec = process_slide(path, name, model, cfg)
         if rec["status"] == "error":
-            tqdm.write(f"error: {path}: {rec['error']}", file=sys.stderr)
+            tqdm.write(f"error: {rec['error']}", file=sys.stderr)
         records.append(rec)
     write_summaries(cfg.out_dir, records, model, started)
     return records

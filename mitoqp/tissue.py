@@ -99,8 +99,14 @@ def tissue_from_thumb(thumb: np.ndarray, px_um: float, min_object_um2: float = 5
 
 
 def detect_tissue(slide: Slide, mpp: float) -> TissueMask:
-    thumb, scale = thumbnail(slide, mpp)
-    return TissueMask(tissue_from_thumb(thumb, scale * mpp), thumb, scale, mpp)
+    """Tissue of a slide or field; small images (fields) get a finer thumbnail and smaller minimum sizes."""
+    w, h = slide.info.dimensions
+    extent_um = max(w, h) * mpp
+    thumb, scale = thumbnail(slide, mpp, min(THUMB_MPP, max(extent_um / 512, mpp)))
+    area_um2 = w * h * mpp * mpp
+    mask = tissue_from_thumb(thumb, scale * mpp, min_object_um2=min(5000.0, 0.02 * area_um2),
+                             max_hole_um2=min(20000.0, 0.05 * area_um2))
+    return TissueMask(mask, thumb, scale, mpp)
 
 
 def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> None:

@@ -1,0 +1,186 @@
+"""End to end through the CLI: real slides, fields, bad inputs, resume, atomic outputs, ROI."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import AMIBR, CMU, TCGA, needs_data, needs_slides, synthetic_field
+from mitoqp.cli import main
+from mitoqp.io_utils import atomic_path
+
+
+def run(*args) -> int:
+    return main(["run", "-q", *map(str, args)])
+
+
+def summary(out):
+    return {r["slide"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+
+
+@pytest.fixture
+def field_png(tmp_path):
+    rng = np.random.default_rng(3)
+    tiles = [synthetic_field(rng)[0] for _ in range(4)]
+    img = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+    path = tmp_path / "field.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_field_run_writes_all_outputs(tiny_model_dir, field_png, tmp_path):
+    out = tmp_path / "out"
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 0
+    for name in ("field.geojson", "field.tissue.png", "field.result.json", "summary.csv", "summary.json"):
+        assert (out / name).exists(), name
+    rec = json.loads((out / "field.result.json").read_text())
+    assert rec["status"] == "ok" and rec["model_id"] == "tiny-synthetic"
+    assert set(rec["timings"]) >= {"tissue", "read", "deconvolve", "candidates", "patches", "model", "merge", "write"}
+    feats = json.loads((out / "field.geojson").read_text())["features"]
+    assert len(feats) == rec["mitotic_count"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["versions"]["mitoqp"] and s["model"]["sha256"] == rec["model_sha256"]
+    assert not list(out.glob(".*tmp"))
+
+
+def test_missing_mpp_is_a_one_line_error_naming_the_option(tiny_model_dir, field_png, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(field_png, "-o", out, "--model", tiny_model_dir) == 1
+    row = summary(out)["field.png"]
+    assert row["status"] == "error" and "--mpp" in row["error"] and "\n" not in row["error"]
+
+
+def test_bad_inputs_do_not_stop_the_batch(tiny_model_dir, field_png, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.svs").write_bytes(b"")
+    (bad / "corrupt.svs").write_bytes(np.random.default_rng(0).bytes(5000))
+    (bad / "text.png").write_text("not an image")
+    (bad / "zzz.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    if CMU.exists():
+        (bad / "truncated.svs").write_bytes(CMU.read_bytes()[: CMU.stat().st_size // 3])
+    shutil.copy(field_png, bad / "good.png")
+    out = tmp_path / "out"
+    assert run(bad, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 1
+    rows = summary(out)
+    assert rows["good.png"]["status"] == "ok"
+    for name, row in rows.items():
+        if name != "good.png":
+            assert row["status"] == "error" and row["error"] and "\n" not in row["error"], name
+    assert (out / "good.geojson").exists()
+    assert not (out / "corrupt.geojson").exists() and not list(out.glob(".*tmp"))
+
+
+def test_rerun_skips_complete_slides_and_overwrite_redoes_them(tiny_model_dir, field_png, tmp_path):
+    out = tmp_path / "out"
+    args = (field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25)
+    assert run(*args) == 0
+    first = (out / "field.geojson").stat().st_mtime_ns
+    assert run(*args) == 0
+    assert summary(out)["field.png"]["status"] == "skipped"
+    assert (out / "field.geojson").stat().st_mtime_ns == first
+    (out / "field.result.json").unlink()  # incomplete: redone
+    assert run(*args) == 0 and summary(out)["field.png"]["status"] == "ok"
+    assert run(*args, "--overwrite") == 0 and summary(out)["field.png"]["status"] == "ok"
+
+
+def test_a_failure_midway_leaves_nothing_half_written(tiny_model_dir, field_png, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = (field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25)
+    assert run(*args) == 0
+    old = (out / "field.geojson").read_bytes()
+
+    def failing_qc(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("mitoqp.batch.save_qc", failing_qc)
+    assert run(*args, "--overwrite") == 1
+    assert summary(out)["field.png"]["error"] == "disk full"
+    assert not (out / "field.result.json").exists()  # so the next run redoes it
+    json.loads((out / "field.geojson").read_text())  # whole, never half a file
+    assert not list(out.glob(".*tmp"))
+    monkeypatch.undo()
+    assert run(*args) == 0 and summary(out)["field.png"]["status"] == "ok"
+    assert old  # the first run's file was complete too
+
+
+def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_roi_outside_the_slide_and_inside_it(tiny_model_dir, field_png, tmp_path):
+    def roi(path, coords):
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [coords]}, "properties": {"objectType": "annotation"}}]}))
+        return path
+
+    out = tmp_path / "out"
+    far = roi(tmp_path / "far.geojson", [[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]])
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--roi", far) == 1
+    assert "outside" in summary(out)["field.png"]["error"]
+    half = roi(tmp_path / "half.geojson", [[0, 0], [128, 0], [128, 256], [0, 256], [0, 0]])
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--roi", half, "--threshold", 0) == 0
+    feats = json.loads((out / "field.geojson").read_text())["features"]
+    xs = [np.mean(np.array(f["geometry"]["coordinates"][0])[:, 0]) for f in feats]
+    assert feats and max(xs) < 128
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("[]")
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--roi", bad) == 2
+
+
+def test_inputs_from_a_list_file_and_a_glob(tiny_model_dir, field_png, tmp_path):
+    lst = tmp_path / "slides.txt"
+    lst.write_text(f"# slides\n{field_png.name}\n")
+    out = tmp_path / "out"
+    assert run(lst, str(tmp_path / "*.png"), "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 0
+    assert list(summary(out)) == ["field.png"]  # the same slide twice is analysed once
+
+
+@needs_slides
+def test_real_slides_end_to_end(default_model, tmp_path):
+    out = tmp_path / "out"
+    assert run(CMU, "-o", out) == 0
+    rec = json.loads((out / "cmu-1-small-region.result.json").read_text())
+    assert rec["mpp"] == pytest.approx(0.499) and 0.3 < rec["tissue_area_mm2"] < 1.5
+    assert rec["candidates"] > 100
+    # the TCGA slide has no microns per pixel: an error, then fine with --mpp
+    assert run(TCGA, "-o", out) == 1
+    assert "--mpp" in summary(out)["tcga-cr-7395-01a-01-ts1.svs"]["error"]
+    assert run(TCGA, "-o", out, "--mpp", 0.5) == 0
+
+
+@needs_data
+def test_field_built_from_real_patches(default_model, tmp_path):
+    paths = sorted((AMIBR / "Normal").glob("MIDOG21_*.png"))[:4]
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    img = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+    Image.fromarray(img).save(tmp_path / "hpf.png")
+    out = tmp_path / "out"
+    assert run(tmp_path / "hpf.png", "-o", out, "--mpp", 0.25) == 0
+    rec = json.loads((out / "hpf.result.json").read_text())
+    assert rec["candidates"] >= 4 and rec["mitotic_count"] >= 1
+
+
+def test_info_command(capsys, field_png):
+    assert main(["info", str(field_png), "--mpp", "0.25"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["level_dimensions"] == [[256, 256]] and 0 < info["tissue_fraction"] <= 1
+    assert main(["info", str(field_png)]) == 0
+    assert json.loads(capsys.readouterr().out)["tissue_fraction"] is None
+
+
+@needs_slides
+def test_info_on_a_real_slide(capsys):
+    assert main(["info", str(CMU)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vendor"] == "aperio" and info["mpp"] == pytest.approx(0.499) and info["tile_size"] == [[240, 240]]
+    assert 0.05 < info["tissue_fraction"] < 0.9

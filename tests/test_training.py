@@ -1,0 +1,77 @@
+"""Training, export and the training traps: tiny runs in seconds, parity of the exported graph."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import AMIBR, MIDOG_JSON, needs_data, synthetic_fields  # noqa: E402
+from mitoqp.export.onnx_export import export_model, load_checkpoint, parity  # noqa: E402
+from mitoqp.patches import PAD_VALUE, extract_patches  # noqa: E402
+from mitoqp.runtime.model import load_model  # noqa: E402
+from mitoqp.training.augment import match_borders  # noqa: E402
+from mitoqp.training.train import focal_loss, train, train_from_config  # noqa: E402
+
+
+def test_tiny_training_lowers_the_loss_and_exports(tmp_path):
+    tr, va = synthetic_fields(tmp_path, 24, "train", 0), synthetic_fields(tmp_path, 8, "validation", 1)
+    cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16]},
+           "train": {"epochs": 4, "epoch_samples": 256, "batch": 32, "jitter": 4, "threads": 1, "lr": 0.01}}
+    best = train(cfg, tr, va, tmp_path / "run", log=lambda m: None)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert best["auc"] > 0.9
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in va])
+    config = export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches)
+    assert config["parity"]["decisions_differ"] == 0 and config["parity"]["max_abs_diff"] < 1e-4
+    model = load_model(tmp_path / "model")
+    assert model.patch == 32 and model.mpp == 0.25 and 0 <= model.threshold <= 1
+
+
+def test_exported_graph_matches_pytorch_on_other_batch_sizes(tiny_model_dir):
+    ckpt = next(tiny_model_dir.parent.glob("run/best.pt"))
+    model, meta = load_checkpoint(ckpt)
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 64):
+        check = parity(model, tiny_model_dir / "model.onnx", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), meta["threshold"])
+        assert check["max_abs_diff"] < 1e-4 and check["decisions_differ"] == 0
+
+
+def test_tampered_model_is_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, bad)
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(bad)
+
+
+def test_focal_loss_reduces_to_weighted_cross_entropy():
+    logits, target = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert focal_loss(logits, target, 0.0, 0.5).item() == pytest.approx(0.5 * bce.item(), rel=1e-5)
+    assert focal_loss(logits, target, 2.0, 0.5) < focal_loss(logits, target, 0.0, 0.5)
+
+
+def test_positives_get_the_padding_of_negatives():
+    crops = np.zeros((4, 10, 10, 3), np.uint8)
+    labels = np.array([1, 1, 0, 0], np.float32)
+    valid = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [3, 0, 10, 10], [3, 0, 10, 10]])
+    out = match_borders(crops, labels, valid, np.random.default_rng(0), p=1.0)
+    assert np.all(out[:2, :, :3] == PAD_VALUE) and np.all(out[:2, :, 3:] == 0)
+    assert np.all(out[2:] == 0)  # negatives untouched
+
+
+@needs_data
+def test_tiny_training_run_on_real_fields(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'[data]\namibr = "{AMIBR}"\nmidog_json = "{MIDOG_JSON}"\nlimit_fields = 40\n'
+                   '[model]\npatch = 64\nwidths = [8, 16, 16, 32]\n[train]\nepochs = 2\nepoch_samples = 256\nbatch = 64\nthreads = 2\n')
+    best = train_from_config(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "train.log").exists()
+    assert (tmp_path / "run" / "config.toml").read_text() == cfg.read_text()
+    assert 0 <= best["threshold"] <= 1 and best["auc"] > 0.6
