@@ -82,6 +82,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "candidates": ckpt["candidates"],
         "macs_per_patch": int(ckpt.get("macs", 0)),
         "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels",
+        "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s["train_region"]}
+                            for s in cfg.get("data", {}).get("slides", [])],
         "validation_metrics": ckpt.get("val_metrics", {}),
         "onnx_opset": OPSET,
         "parity": check,

@@ -9,17 +9,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import shapely
 from scipy.spatial import cKDTree
 
-from mitoqp.candidates import Candidates, find_candidates
+from mitoqp.candidates import CandidateParams, Candidates, find_candidates
 from mitoqp.patches import extract_patches
 from mitoqp.runtime.model import Model
 from mitoqp.slide import Slide, SlideError
 from mitoqp.stain import hematoxylin, inverse_stain_matrix, macenko_vectors, stain_matrix
-from mitoqp.stream import choose_level, plan_windows, stream_windows
+from mitoqp.stream import Window, choose_level, plan_windows, stream_windows
 from mitoqp.tissue import TissueMask, detect_tissue
 
 HOTSPOT_MM2 = 2.0  # area of the usual ten high-power fields
@@ -93,7 +94,21 @@ def suppress_duplicates(xy: np.ndarray, scores: np.ndarray, radius: float) -> np
     return np.asarray(keep, dtype=int)
 
 
-def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
+@dataclass
+class Prepared:
+    """What a slide's analysis needs before its windows are read."""
+
+    mpp: float
+    work_mpp: float
+    tissue: TissueMask | None
+    analysed_mm2: float
+    plan: object
+    stain_from_od: np.ndarray | None
+    timings: dict
+
+
+def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options) -> Prepared:
+    """Resolution, tissue mask (with the ROI), stain vectors and the window plan of a slide."""
     timings: dict[str, float] = defaultdict(float)
     t = time.perf_counter()
     mpp = resolve_mpp(slide, opts.mpp)
@@ -114,55 +129,75 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> Slid
     stain_from_od = None
     if opts.stain == "macenko":
         t = time.perf_counter()
-        thumb = tissue.thumb[tissue.mask] if tissue is not None and tissue.mask.any() else slide.read_tile(len(slide.info.level_dimensions) - 1, 0, 0)
-        stain_from_od = inverse_stain_matrix(stain_matrix(macenko_vectors(thumb.reshape(-1, 1, 3))))
+        pixels = tissue.thumb[tissue.mask] if tissue is not None and tissue.mask.any() else tissue_free_sample(slide)
+        stain_from_od = inverse_stain_matrix(stain_matrix(macenko_vectors(pixels.reshape(-1, 1, 3))))
         timings["stain_vectors"] = time.perf_counter() - t
 
-    level, resample = choose_level(slide, mpp, model.mpp)
+    level, resample = choose_level(slide, mpp, model_mpp)
     work_mpp = mpp * slide.info.level_downsamples[level] / resample
-    params = model.candidates
-    halo = model.patch // 2 + int(np.ceil(params.merge_um / work_mpp)) + 8
     keep = tissue.any_in if tissue is not None else None
     plan = plan_windows(slide, level, resample, halo, opts.window_px, keep)
-    threshold = model.threshold if opts.threshold is None else float(opts.threshold)
+    return Prepared(mpp, work_mpp, tissue, analysed, plan, stain_from_od, timings)
 
-    xy_parts, score_parts, area_parts = [], [], []
-    n_cands = 0
+
+def tissue_free_sample(slide: Slide) -> np.ndarray:
+    last = len(slide.info.level_dimensions) - 1
+    return slide.read_tile(last, 0, 0)
+
+
+def window_candidates(slide: Slide, prep: Prepared, params: CandidateParams, workers: int) -> Iterator[tuple[Window, Candidates]]:
+    """Each window with its candidates: those whose centre lies in the window's core and on tissue."""
+    timings = prep.timings
     t_wait = time.perf_counter()
-    for win in stream_windows(slide, plan, opts.workers):
+    for win in stream_windows(slide, prep.plan, workers):
         timings["read"] += win.read_seconds
         timings["wait"] += time.perf_counter() - t_wait
         t = time.perf_counter()
-        h = hematoxylin(win.rgb, stain_from_od)
+        h = hematoxylin(win.rgb, prep.stain_from_od)
         t2 = time.perf_counter()
         timings["deconvolve"] += t2 - t
-        cands = find_candidates(h, work_mpp, params)
+        cands = find_candidates(h, prep.work_mpp, params)
         x0, y0, x1, y1 = win.core
         inside = (cands.xy[:, 0] >= x0) & (cands.xy[:, 0] < x1) & (cands.xy[:, 1] >= y0) & (cands.xy[:, 1] < y1)
         cands = cands.select(inside)
-        if tissue is not None and len(cands):
-            cands = cands.select(tissue.contains(win.to_level0(cands.xy)))
-        t3 = time.perf_counter()
-        timings["candidates"] += t3 - t2
-        n_cands += len(cands)
-        scores = score_candidates(win.rgb, cands, model, opts.batch_size, timings)
-        xy_parts.append(win.to_level0(cands.xy))
-        score_parts.append(scores)
-        area_parts.append(cands.area_um2)
+        if prep.tissue is not None and len(cands):
+            cands = cands.select(prep.tissue.contains(win.to_level0(cands.xy)))
+        timings["candidates"] += time.perf_counter() - t2
+        yield win, cands
         t_wait = time.perf_counter()
+
+
+def halo_for(patch: int, params: CandidateParams, work_mpp_guess: float = 0.25) -> int:
+    """Working pixels around a window's core: half a patch plus a merged blob group's reach."""
+    return patch // 2 + int(np.ceil(params.merge_um / work_mpp_guess)) + 8
+
+
+def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
+    params = model.candidates
+    prep = prepare(slide, model.mpp, halo_for(model.patch, params, model.mpp), opts)
+    timings = prep.timings
+    threshold = model.threshold if opts.threshold is None else float(opts.threshold)
+    xy_parts, score_parts, area_parts = [], [], []
+    n_cands = 0
+    for win, cands in window_candidates(slide, prep, params, opts.workers):
+        n_cands += len(cands)
+        score_parts.append(score_candidates(win.rgb, cands, model, opts.batch_size, timings))
+        xy_parts.append(win.to_level0(cands.xy))
+        area_parts.append(cands.area_um2)
 
     t = time.perf_counter()
     xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
     scores = np.concatenate(score_parts + [np.zeros(0)])
     areas = np.concatenate(area_parts + [np.zeros(0)])
     # one figure, one detection: a blob group split by a window seam is merged here
-    kept = suppress_duplicates(xy, scores, params.merge_um / mpp)
+    kept = suppress_duplicates(xy, scores, params.merge_um / prep.mpp)
     xy, scores, areas = xy[kept], scores[kept], areas[kept]
     if opts.roi is not None and len(xy):
         inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])
         xy, scores, areas = xy[inside], scores[inside], areas[inside]
     timings["merge"] = time.perf_counter() - t
-    return SlideResult(xy, scores, areas, threshold, mpp, tissue, analysed, n_cands, len(plan.windows), dict(timings))
+    return SlideResult(xy, scores, areas, threshold, prep.mpp, prep.tissue, prep.analysed_mm2, n_cands,
+                       len(prep.plan.windows), dict(timings))
 
 
 def score_candidates(rgb: np.ndarray, cands: Candidates, model: Model, batch: int, timings: dict) -> np.ndarray:

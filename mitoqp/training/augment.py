@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mitoqp.patches import PAD_VALUE
 from mitoqp.stain import RUIFROK_STAIN_FROM_OD, stain_matrix
@@ -48,6 +49,21 @@ def hed_jitter(x: torch.Tensor, sigma: float, bias: float, gen: torch.Generator)
     return torch.clamp(255.0 * torch.pow(10.0, -od), 0, 255)
 
 
+def lowres_jitter(x: torch.Tensor, p: float, max_factor: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur a share `p` of the batch as a scan at up to `max_factor` times coarser resolution would be (20x optics)."""
+    if p <= 0:
+        return x
+    sel = torch.rand(x.shape[0], generator=gen) < p
+    if not sel.any():
+        return x
+    f = 1 + float(torch.rand(1, generator=gen)) * (max_factor - 1)
+    size = x.shape[-1]
+    small = F.interpolate(x[sel], size=max(4, int(round(size / f))), mode="bilinear", antialias=True, align_corners=False)
+    x = x.clone()
+    x[sel] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return x
+
+
 def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
     """(N, S, S, 3) uint8 -> (N, 3, patch, patch) float 0..255, augmented."""
     n, s = crops.shape[0], crops.shape[1]
@@ -60,6 +76,7 @@ def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Gener
         out[i] = c[:, ::-1] if rng.random() < 0.5 else c
     x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
     x = hed_jitter(x, cfg.get("stain_sigma", 0.05), cfg.get("stain_bias", 0.05), gen)
+    x = lowres_jitter(x, cfg.get("lowres_p", 0.0), cfg.get("lowres_factor", 2.0), gen)
     bright = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("brightness", 0.1) * 255
     contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("contrast", 0.1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)

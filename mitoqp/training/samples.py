@@ -9,6 +9,7 @@ model patch so training can jitter the centre.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -26,7 +27,12 @@ class SampleSet:
     lookalike: np.ndarray  # (N,) labelled look-alike negatives
     valid: np.ndarray  # (N, 4) x0, y0, x1, y1 of the crop that lies inside its field
     field_index: np.ndarray  # (N,)
-    xy: np.ndarray  # (N, 2) crop centres in their field
+    xy: np.ndarray  # (N, 2) crop centres in their field (or slide, level 0)
+    from_slide: np.ndarray | None = None  # (N,) negatives taken from whole slides
+
+    def __post_init__(self) -> None:
+        if self.from_slide is None:
+            self.from_slide = np.zeros(len(self.labels), bool)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,3 +90,42 @@ def build_samples(
         np.concatenate(crops), np.concatenate(labels).astype(np.float32), np.concatenate(looks),
         np.concatenate(valid), np.concatenate(owner), np.concatenate(allxy),
     )
+
+
+def concat_samples(parts: list[SampleSet]) -> SampleSet:
+    return SampleSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in
+                       ("crops", "labels", "lookalike", "valid", "field_index", "xy", "from_slide")))
+
+
+def training_region(slide_w: int, slide_h: int, frac: list[float]):
+    """The level-0 box given as fractions (x0, y0, x1, y1) of a slide."""
+    import shapely
+
+    x0, y0, x1, y1 = frac
+    return shapely.box(x0 * slide_w, y0 * slide_h, x1 * slide_w, y1 * slide_h)
+
+
+def slide_negatives(path: Path, mpp: float | None, region: list[float], params: CandidateParams, crop: int) -> SampleSet:
+    """Every candidate in `region` of a slide without mitoses, cut by the runtime's own stream."""
+    from mitoqp.pipeline import Options, halo_for, prepare, window_candidates
+    from mitoqp.slide import open_slide
+
+    crops, xy = [], []
+    with open_slide(path) as slide:
+        roi = training_region(*slide.info.dimensions, region)
+        prep = prepare(slide, 0.25, halo_for(crop, params), Options(mpp=mpp, roi=roi))
+        for win, cands in window_candidates(slide, prep, params, workers=2):
+            level0 = win.to_level0(cands.xy)
+            inside = shapely_contains(roi, level0)
+            crops.append(extract_patches(win.rgb, cands.xy[inside], crop))
+            xy.append(level0[inside])
+    crops_a = np.concatenate(crops) if crops else np.zeros((0, crop, crop, 3), np.uint8)
+    n = len(crops_a)
+    return SampleSet(crops_a, np.zeros(n, np.float32), np.zeros(n, bool), np.tile([0, 0, crop, crop], (n, 1)),
+                     np.full(n, -1), np.concatenate(xy) if xy else np.zeros((0, 2)), np.ones(n, bool))
+
+
+def shapely_contains(geom, xy: np.ndarray) -> np.ndarray:
+    import shapely
+
+    return shapely.contains_xy(geom, xy[:, 0], xy[:, 1]) if len(xy) else np.zeros(0, bool)

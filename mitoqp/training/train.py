@@ -23,7 +23,7 @@ from mitoqp.datasets import Field, read_amibr
 from mitoqp.metrics import Match, best_threshold, match_detections, roc_auc
 from mitoqp.training.augment import augment_batch, center_batch, match_borders
 from mitoqp.training.model import build_model, count_macs
-from mitoqp.training.samples import SampleSet, build_samples
+from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_negatives
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 
@@ -71,7 +71,8 @@ def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_
     return best
 
 
-def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print) -> dict:
+def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
+          extra_negatives: list[SampleSet] | None = None) -> dict:
     """Train the recipe `cfg`; returns the best epoch's metrics. Writes into `run_dir`."""
     t_cfg, m_cfg = cfg.get("train", {}), cfg.get("model", {})
     seed_everything(int(t_cfg.get("seed", 0)))
@@ -85,7 +86,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     t0 = time.time()
     tr = build_samples(train_fields, cparams, patch + 2 * jitter, radius_px)
     va = build_samples(val_fields, cparams, patch, radius_px, add_missed=False)
-    log(f"samples: train {int(tr.labels.sum())} pos / {int((tr.labels == 0).sum())} neg, "
+    if extra_negatives:
+        tr = concat_samples([tr, *extra_negatives])
+    log(f"samples: train {int(tr.labels.sum())} pos / {int((tr.labels == 0).sum())} neg "
+        f"({int(tr.from_slide.sum())} from slides, {int(tr.lookalike.sum())} look-alikes), "
         f"validation {int(va.labels.sum())} pos / {int((va.labels == 0).sum())} neg ({time.time() - t0:.0f}s)")
 
     model = build_model(m_cfg)
@@ -100,6 +104,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     pos, neg = np.flatnonzero(tr.labels == 1), np.flatnonzero(tr.labels == 0)
     # class-balanced sampling; labelled look-alikes drawn more often among negatives
     neg_w = np.where(tr.lookalike[neg], float(t_cfg.get("lookalike_weight", 3.0)), 1.0)
+    neg_w = np.where(tr.from_slide[neg], float(t_cfg.get("slide_weight", 3.0)), neg_w)
     neg_w /= neg_w.sum()
     gamma, alpha = float(t_cfg.get("focal_gamma", 2.0)), float(t_cfg.get("focal_alpha", 0.5))
 
@@ -157,4 +162,13 @@ def train_from_config(config_path: Path, run_dir: Path) -> dict:
     train_fields = [f for f in fields if f.split == "train"][:limit]
     val_fields = [f for f in fields if f.split == "validation"][:limit]
     log(f"config {config_path}: {len(train_fields)} training and {len(val_fields)} validation fields")
-    return train(cfg, train_fields, val_fields, run_dir, log)
+    cparams = CandidateParams(**cfg.get("candidates", {}))
+    crop = int(cfg.get("model", {}).get("patch", 96)) + 2 * int(cfg.get("train", {}).get("jitter", 8))
+    extra = []
+    for s in data.get("slides", []):
+        if Path(s["path"]).exists():
+            extra.append(slide_negatives(Path(s["path"]), s.get("mpp"), s["train_region"], cparams, crop))
+            log(f"slide negatives: {len(extra[-1])} candidates from {s['path']} region {s['train_region']}")
+        else:
+            log(f"slide {s['path']} not found: no negatives from it")
+    return train(cfg, train_fields, val_fields, run_dir, log, extra)
