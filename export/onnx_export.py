@@ -80,6 +80,7 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "threshold": float(ckpt["threshold"]),
         "class_names": ["Mitotic figure"],
         "candidates": ckpt["candidates"],
+        "nms_um": float(ckpt.get("nms_um", ckpt["candidates"]["merge_um"])),
         "macs_per_patch": int(ckpt.get("macs", 0)),
         "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels",
         "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s["train_region"]}

@@ -189,8 +189,8 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> Slid
     xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
     scores = np.concatenate(score_parts + [np.zeros(0)])
     areas = np.concatenate(area_parts + [np.zeros(0)])
-    # one figure, one detection: a blob group split by a window seam is merged here
-    kept = suppress_duplicates(xy, scores, params.merge_um / prep.mpp)
+    # one figure, one detection: split telophase halves and blob groups cut by a window seam merge here
+    kept = suppress_duplicates(xy, scores, max(model.nms_um, params.merge_um) / prep.mpp)
     xy, scores, areas = xy[kept], scores[kept], areas[kept]
     if opts.roi is not None and len(xy):
         inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])

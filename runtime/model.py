@@ -38,6 +38,11 @@ class Model:
         return float(self.config["threshold"])
 
     @property
+    def nms_um(self) -> float:
+        """Scored candidates closer than this to a higher-scoring one are the same figure (split telophase)."""
+        return float(self.config.get("nms_um", self.candidates.merge_um))
+
+    @property
     def candidates(self) -> CandidateParams:
         return CandidateParams(**self.config.get("candidates", {}))
 

@@ -23,7 +23,7 @@ from mitoqp.stain import hematoxylin
 @dataclass
 class SampleSet:
     crops: np.ndarray  # (N, S, S, 3) uint8
-    labels: np.ndarray  # (N,) 1 mitosis, 0 not
+    labels: np.ndarray  # (N,) 1 mitosis, 0 not, -1 near a figure but not its candidate (not trained on)
     lookalike: np.ndarray  # (N,) labelled look-alike negatives
     valid: np.ndarray  # (N, 4) x0, y0, x1, y1 of the crop that lies inside its field
     field_index: np.ndarray  # (N,)
@@ -63,12 +63,14 @@ def build_samples(
 ) -> SampleSet:
     """Samples of every field; `add_missed` adds figures no candidate found, at their annotated centre."""
     crops, labels, looks, valid, owner, allxy = [], [], [], [], [], []
+    near_label = -1.0  # near a figure but not its nearest candidate: neither class
     for k, f in enumerate(fields):
         img = f.image()
         cands = field_candidates(img, f.mpp, params)
         pos, neg = label_candidates(cands, f.figures, radius_px)
-        points = [cands[pos], cands[neg]]
-        lab = [np.ones(pos.sum()), np.zeros(neg.sum())]
+        near = ~pos & ~neg
+        points = [cands[pos], cands[neg], cands[near]]
+        lab = [np.ones(pos.sum()), np.zeros(neg.sum()), np.full(near.sum(), near_label)]
         if add_missed and len(f.figures):
             found = cKDTree(cands).query(f.figures)[0] <= radius_px if len(cands) else np.zeros(len(f.figures), bool)
             points.append(f.figures[~found])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr
 from mitoqp.metrics import Match, best_threshold, match_detections, roc_auc
+from mitoqp.pipeline import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders
 from mitoqp.training.model import build_model, count_macs
 from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_negatives
@@ -55,19 +56,21 @@ def score(model: torch.nn.Module, crops: np.ndarray, patch: int, batch: int = 51
     return np.concatenate([model(center_batch(crops[i:i + batch], patch)).numpy() for i in range(0, len(crops), batch)] + [np.zeros(0)])
 
 
-def field_matches(samples: SampleSet, scores: np.ndarray, fields: list[Field], radius_px: float) -> list[Match]:
-    """One Match per field, from the scores of that field's candidates."""
+def field_matches(samples: SampleSet, scores: np.ndarray, fields: list[Field], radius_px: float, nms_px: float) -> list[Match]:
+    """One Match per field from all its scored candidates, after the runtime's suppression of duplicates."""
     out = []
     for k, f in enumerate(fields):
-        sel = samples.field_index == k
+        sel = np.flatnonzero(samples.field_index == k)
+        sel = sel[suppress_duplicates(samples.xy[sel], scores[sel], nms_px)]
         out.append(match_detections(samples.xy[sel], scores[sel], f.figures, radius_px, f.lookalikes))
     return out
 
 
-def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_px: float) -> dict:
+def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_px: float, nms_px: float) -> dict:
     scores = score(model, samples.crops, patch)
-    best = best_threshold(field_matches(samples, scores, fields, radius_px), FIELD_AREA_MM2 * len(fields))
-    best["auc"] = roc_auc(samples.labels == 1, scores)
+    best = best_threshold(field_matches(samples, scores, fields, radius_px, nms_px), FIELD_AREA_MM2 * len(fields))
+    known = samples.labels >= 0
+    best["auc"] = roc_auc(samples.labels[known] == 1, scores[known])
     return best
 
 
@@ -81,6 +84,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     patch = int(m_cfg.get("patch", 96))
     jitter = int(t_cfg.get("jitter", 8))
     radius_px = float(cfg.get("match_radius_um", 7.5)) / 0.25
+    nms_px = max(float(cfg.get("nms_um", cparams.merge_um)), cparams.merge_um) / 0.25
     run_dir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
@@ -125,7 +129,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             opt.step()
             sched.step()
             losses.append(loss.item())
-        metrics = validate(model, va, val_fields, patch, radius_px)
+        metrics = validate(model, va, val_fields, patch, radius_px, nms_px)
         metrics.update(epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
         history.append(metrics)
         log(f"epoch {epoch}: loss {metrics['loss']:.4f} val AUC {metrics['auc']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} "
@@ -135,7 +139,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             best = metrics
             torch.save({
                 "state_dict": model.state_dict(), "config": cfg, "threshold": metrics["threshold"],
-                "candidates": asdict(cparams), "patch": patch, "val_metrics": metrics,
+                "candidates": asdict(cparams), "nms_um": nms_px * 0.25, "patch": patch, "val_metrics": metrics,
                 "macs": count_macs(model, patch),
             }, run_dir / "best.pt")
     log(f"best epoch {best['epoch']}: HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f}")
