@@ -56,12 +56,14 @@ def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = Cand
     labels, n = ndimage.label(mask)
     if n == 0:
         return Candidates.concat([])
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-    ys, xs = np.indices(labels.shape, sparse=True)
-    sx = np.bincount(flat, weights=np.broadcast_to(xs, labels.shape).ravel(), minlength=n + 1)[1:]
-    sy = np.bincount(flat, weights=np.broadcast_to(ys, labels.shape).ravel(), minlength=n + 1)[1:]
-    sd = np.bincount(flat, weights=smooth.ravel(), minlength=n + 1)[1:]
+    # statistics over foreground pixels only (a tenth of a tumour window or less)
+    fg = np.flatnonzero(labels)
+    lab = labels.ravel()[fg]
+    ys, xs = np.divmod(fg, labels.shape[1])
+    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    sx = np.bincount(lab, weights=xs, minlength=n + 1)[1:]
+    sy = np.bincount(lab, weights=ys, minlength=n + 1)[1:]
+    sd = np.bincount(lab, weights=smooth.ravel()[fg], minlength=n + 1)[1:]
     px_area = mpp * mpp
     area_um2 = area * px_area
     keep = (area_um2 >= params.min_area_um2) & (area_um2 <= params.max_area_um2)

@@ -147,15 +147,29 @@ def padding_check(outs: list[FieldOutcome], model: Model, seed: int = 0) -> dict
 
 
 def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_mpp: float) -> list[dict]:
+    """Detections per mm^2 of tissue; on slides the model took negatives from, only the held-out part."""
+    import shapely
+
+    from mitoqp.training.samples import training_region
+
+    used = {s["path"]: s for s in model.config.get("training_slides", [])}
     rows = []
     for p in paths:
+        entry = used.get(p.name)
         with open_slide(p) as slide:
-            mpp = slide.info.mpp
-            res = analyse_slide(slide, model, Options(mpp=mpp or fallback_mpp, threshold=threshold))
-        rows.append({"slide": p.name, "mpp": res.mpp, "mpp_from": "metadata" if mpp else "assumed",
-                     "tissue_mm2": round(res.analysed_area_mm2, 3), "detections": res.count,
-                     "detections_per_mm2": round(res.count / res.analysed_area_mm2, 2) if res.analysed_area_mm2 else None,
-                     "candidates_per_mm2": round(res.candidates / res.analysed_area_mm2, 1) if res.analysed_area_mm2 else None})
+            mpp = slide.info.mpp or (entry or {}).get("mpp")
+            roi, part = None, "whole slide"
+            if entry:
+                w, h = slide.info.dimensions
+                roi = shapely.box(0, 0, w, h).difference(training_region(w, h, entry["train_region"]))
+                part = "held-out part"
+            res = analyse_slide(slide, model, Options(mpp=mpp or fallback_mpp, threshold=threshold, roi=roi))
+        area = res.analysed_area_mm2
+        rows.append({"slide": p.name, "part": part, "mpp": res.mpp,
+                     "mpp_from": "metadata" if slide.info.mpp else "assumed",
+                     "tissue_mm2": round(area, 3), "detections": res.count,
+                     "detections_per_mm2": round(res.count / area, 2) if area else None,
+                     "candidates_per_mm2": round(res.candidates / area, 1) if area else None})
     return rows
 
 
@@ -189,9 +203,9 @@ def markdown(report: dict) -> str:
                   f"{pc['mean_score_padded']:.3f}, mean |change| {pc['mean_abs_change']:.4f}, decisions changed {pc['decisions_changed']} of {pc['positives']}."]
     if report.get("slides"):
         lines += ["", "Slides without annotated figures (detections are an upper bound on false positives):", "",
-                  "| slide | mpp | tissue mm^2 | detections | per mm^2 | candidates per mm^2 |", "|---|---|---|---|---|---|"]
+                  "| slide | part | mpp | tissue mm^2 | detections | per mm^2 | candidates per mm^2 |", "|---|---|---|---|---|---|---|"]
         for s in report["slides"]:
-            lines.append(f"| {s['slide']} | {s['mpp']} ({s['mpp_from']}) | {s['tissue_mm2']} | {s['detections']} | "
+            lines.append(f"| {s['slide']} | {s['part']} | {s['mpp']} ({s['mpp_from']}) | {s['tissue_mm2']} | {s['detections']} | "
                          f"{s['detections_per_mm2']} | {s['candidates_per_mm2']} |")
     return "\n".join(lines) + "\n"
 

@@ -48,26 +48,32 @@ def od_table() -> np.ndarray:
 OD_TABLE = od_table()
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def _deconvolve(rgb, table, coeffs, white, black, out):
-    rows, cols = rgb.shape[0], rgb.shape[1]
-    nout = coeffs.shape[1]
-    for y in numba.prange(rows):
-        for x in range(cols):
-            r = rgb[y, x, 0]
-            g = rgb[y, x, 1]
-            b = rgb[y, x, 2]
-            lo = min(r, min(g, b))
-            hi = max(r, max(g, b))
-            if lo >= white or hi <= black:
-                for k in range(nout):
-                    out[y, x, k] = 0.0
-                continue
-            odr = table[r]
-            odg = table[g]
-            odb = table[b]
-            for k in range(nout):
-                out[y, x, k] = odr * coeffs[0, k] + odg * coeffs[1, k] + odb * coeffs[2, k]
+# background flags per 8-bit value: a pixel is background when all three channels share a flag
+_GLASS, _BLACK = 1, 2
+BACKGROUND_BITS = np.zeros(256, np.uint8)
+BACKGROUND_BITS[WHITE_LEVEL:] |= _GLASS
+BACKGROUND_BITS[: BLACK_LEVEL + 1] |= _BLACK
+
+CHUNK = 1 << 16  # pixels per parallel task
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True, boundscheck=False)
+def _deconvolve(flat, t_r, t_g, t_b, bits, out):
+    """One stain: out[i] = t_r[r] + t_g[g] + t_b[b] for pixel i, or 0 on background."""
+    n = flat.shape[0] // 3
+    for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
+            r = flat[3 * i]
+            g = flat[3 * i + 1]
+            b = flat[3 * i + 2]
+            keep = np.float32((bits[r] & bits[g] & bits[b]) == 0)
+            out[i] = (t_r[r] + t_g[g] + t_b[b]) * keep
+
+
+def weighted_tables(stain_from_od: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+    """(len(channels), 3, 256) float32: the OD table pre-multiplied by each matrix coefficient."""
+    coeffs = np.asarray(stain_from_od, dtype=np.float64)[:, list(channels)]  # (3 rgb, nout)
+    return np.ascontiguousarray((coeffs.T[:, :, None] * OD_TABLE[None, None, :]).astype(np.float32))
 
 
 def deconvolve(
@@ -80,14 +86,19 @@ def deconvolve(
 
     Channel 0 is hematoxylin, 1 eosin, 2 the residual. Background pixels are 0.
     """
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] < 3:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-    if stain_from_od is None:
-        stain_from_od = RUIFROK_STAIN_FROM_OD
-    coeffs = np.ascontiguousarray(stain_from_od[:, list(channels)], dtype=np.float32)
+    tables = weighted_tables(RUIFROK_STAIN_FROM_OD if stain_from_od is None else stain_from_od, channels)
     if out is None:
         out = np.empty(rgb.shape[:2] + (len(channels),), dtype=np.float32)
-    _deconvolve(rgb, OD_TABLE, coeffs, WHITE_LEVEL, BLACK_LEVEL, out)
+    flat = np.ascontiguousarray(rgb).reshape(-1)
+    if len(channels) == 1:  # the usual case: hematoxylin straight into the output
+        _deconvolve(flat, *tables[0], BACKGROUND_BITS, out.reshape(-1))
+        return out
+    plane = np.empty(rgb.shape[0] * rgb.shape[1], np.float32)
+    for k, t in enumerate(tables):
+        _deconvolve(flat, *t, BACKGROUND_BITS, plane)
+        out[..., k] = plane.reshape(rgb.shape[:2])
     return out
 
 

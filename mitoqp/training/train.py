@@ -92,9 +92,9 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     va = build_samples(val_fields, cparams, patch, radius_px, add_missed=False)
     if extra_negatives:
         tr = concat_samples([tr, *extra_negatives])
-    log(f"samples: train {int(tr.labels.sum())} pos / {int((tr.labels == 0).sum())} neg "
+    log(f"samples: train {int((tr.labels == 1).sum())} pos / {int((tr.labels == 0).sum())} neg "
         f"({int(tr.from_slide.sum())} from slides, {int(tr.lookalike.sum())} look-alikes), "
-        f"validation {int(va.labels.sum())} pos / {int((va.labels == 0).sum())} neg ({time.time() - t0:.0f}s)")
+        f"validation {int((va.labels == 1).sum())} pos / {int((va.labels == 0).sum())} neg ({time.time() - t0:.0f}s)")
 
     model = build_model(m_cfg)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, patch) / 1e6:.1f} M MACs per patch")
