@@ -118,10 +118,10 @@ class TiffSlide(Slide):
             (p.tilewidth, p.tilelength) if p.is_tiled else (dims[i][0], p.rowsperstrip or dims[i][1])
             for i, p in enumerate(self._pages)
         )
-        mpp = props.get("tiffslide.mpp-x")
+        mpp = props.get("tiffslide.mpp-x") or fallback_mpp(self._ts.ts_tifffile)
+        vendor = props.get("tiffslide.vendor") or ("ome" if self._ts.ts_tifffile.is_ome else "generic")
         self.info = SlideInfo(
-            str(path), "tiff", str(props.get("tiffslide.vendor") or "generic"), dims,
-            tuple(float(d) for d in self._ts.level_downsamples), tiles,
+            str(path), "tiff", str(vendor), dims, tuple(float(d) for d in self._ts.level_downsamples), tiles,
             float(mpp) if mpp and float(mpp) > 0 else None,
         )
         self._fd = os.open(str(path), os.O_RDONLY)
@@ -203,6 +203,29 @@ class ImageField(Slide):
 
     def read_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
         return self._rgb
+
+
+UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def fallback_mpp(tf) -> float | None:
+    """Microns per pixel where tiffslide finds none: OME-XML PhysicalSizeX, or centimetre resolution tags."""
+    import xml.etree.ElementTree as ET
+
+    if tf.is_ome and tf.ome_metadata:
+        try:
+            for el in ET.fromstring(tf.ome_metadata).iter():
+                if el.tag.endswith("Pixels") and el.get("PhysicalSizeX"):
+                    return float(el.get("PhysicalSizeX")) * UM_PER_UNIT.get(el.get("PhysicalSizeXUnit", "µm"), 1.0)
+        except (ET.ParseError, ValueError):
+            return None
+    page = tf.pages.first
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags and int(tags["ResolutionUnit"].value) == 3:  # centimetre
+        num, den = tags["XResolution"].value
+        if num > 0 and den > 0:
+            return 1e4 * den / num
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
