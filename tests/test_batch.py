@@ -184,3 +184,10 @@ def test_info_on_a_real_slide(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["vendor"] == "aperio" and info["mpp"] == pytest.approx(0.499) and info["tile_size"] == [[240, 240]]
     assert 0.05 < info["tissue_fraction"] < 0.9
+
+
+def test_macenko_stain_vectors_option(tiny_model_dir, field_png, tmp_path):
+    out = tmp_path / "out"
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--stain", "macenko") == 0
+    rec = json.loads((out / "field.result.json").read_text())
+    assert "stain_vectors" in rec["timings"] and rec["candidates"] > 0
