@@ -65,7 +65,7 @@ class SlideResult:
         if len(pts) == 0:
             return 0
         radius_px = np.sqrt(area_mm2 / np.pi) * 1000 / self.mpp
-        return int(max(len(n) for n in cKDTree(pts).query_ball_point(pts, radius_px)))
+        return int(cKDTree(pts).query_ball_point(pts, radius_px, return_length=True).max())
 
 
 def resolve_mpp(slide: Slide, override: float | None) -> float:

@@ -191,3 +191,16 @@ def test_macenko_stain_vectors_option(tiny_model_dir, field_png, tmp_path):
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--stain", "macenko") == 0
     rec = json.loads((out / "field.result.json").read_text())
     assert "stain_vectors" in rec["timings"] and rec["candidates"] > 0
+
+
+def test_hotspot_count():
+    from mitoqp.pipeline import SlideResult
+
+    mpp = 0.25
+    r_px = np.sqrt(2 / np.pi) * 1000 / mpp  # radius of a 2 mm^2 circle
+    cluster = np.array([[10000, 10000], [10000 + r_px * 0.9, 10000], [10000, 10000 + r_px * 0.5]])
+    far = np.array([[50000, 50000]])
+    res = SlideResult(np.vstack([cluster, far]), np.array([0.9, 0.9, 0.9, 0.9]), np.ones(4), 0.5, mpp, None, 10.0, 4, 1)
+    assert res.hotspot_count() == 3 and res.count == 4
+    res.scores[:] = 0.1
+    assert res.hotspot_count() == 0

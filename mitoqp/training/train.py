@@ -112,6 +112,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     neg_w /= neg_w.sum()
     gamma, alpha = float(t_cfg.get("focal_gamma", 2.0)), float(t_cfg.get("focal_alpha", 0.5))
 
+    ema_decay = float(t_cfg.get("ema_decay", 0.0))
+    # an exponential moving average of the weights (and BatchNorm statistics) steadies validation
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay),
+                                               use_buffers=True) if ema_decay > 0 else None)
     best: dict = {"hpf_f1": -1.0}
     history = []
     for epoch in range(1, epochs + 1):
@@ -128,8 +132,11 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
-        metrics = validate(model, va, val_fields, patch, radius_px, nms_px)
+        judged = ema.module if ema is not None else model
+        metrics = validate(judged, va, val_fields, patch, radius_px, nms_px)
         metrics.update(epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
         history.append(metrics)
         log(f"epoch {epoch}: loss {metrics['loss']:.4f} val AUC {metrics['auc']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} "
@@ -138,9 +145,9 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         if metrics["hpf_f1"] > best["hpf_f1"]:
             best = metrics
             torch.save({
-                "state_dict": model.state_dict(), "config": cfg, "threshold": metrics["threshold"],
+                "state_dict": judged.state_dict(), "config": cfg, "threshold": metrics["threshold"],
                 "candidates": asdict(cparams), "nms_um": nms_px * 0.25, "patch": patch, "val_metrics": metrics,
-                "macs": count_macs(model, patch),
+                "macs": count_macs(judged, patch),
             }, run_dir / "best.pt")
     log(f"best epoch {best['epoch']}: HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f}")
     return best
