@@ -90,10 +90,14 @@ def operating_point(matches: list[Match], area_mm2: float, threshold: float) -> 
 
 
 def froc(matches: list[Match], area_mm2: float, thresholds: np.ndarray | None = None) -> list[dict]:
-    """Operating points over thresholds (default: every distinct detection score)."""
+    """Operating points over thresholds (default: midway between distinct detection scores).
+
+    Midpoints give the same counts as the scores themselves, but a threshold
+    never sits on a score, where float rounding in another backend could flip it.
+    """
     if thresholds is None:
-        scores = np.concatenate([m.det_scores for m in matches] + [np.zeros(0)])
-        thresholds = np.unique(np.concatenate([scores, [np.inf]]))
+        scores = np.unique(np.concatenate([m.det_scores for m in matches] + [np.zeros(0)]))
+        thresholds = np.concatenate([scores[:1] / 2, (scores[:-1] + scores[1:]) / 2, [np.inf]]) if len(scores) else np.array([np.inf])
     return [operating_point(matches, area_mm2, t) for t in thresholds]
 
 

@@ -20,7 +20,7 @@ from mitoqp.patches import extract_patches
 from mitoqp.runtime.model import Model
 from mitoqp.slide import Slide, SlideError
 from mitoqp.stain import hematoxylin, inverse_stain_matrix, macenko_vectors, stain_matrix
-from mitoqp.stream import Window, choose_level, plan_windows, stream_windows
+from mitoqp.stream import Plan, Window, choose_level, plan_windows, stream_windows
 from mitoqp.tissue import TissueMask, detect_tissue
 
 HOTSPOT_MM2 = 2.0  # area of the usual ten high-power fields
@@ -102,7 +102,7 @@ class Prepared:
     work_mpp: float
     tissue: TissueMask | None
     analysed_mm2: float
-    plan: object
+    plan: Plan
     stain_from_od: np.ndarray | None
     timings: dict
 
@@ -129,7 +129,7 @@ def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options) -> Prepare
     stain_from_od = None
     if opts.stain == "macenko":
         t = time.perf_counter()
-        pixels = tissue.thumb[tissue.mask] if tissue is not None and tissue.mask.any() else tissue_free_sample(slide)
+        pixels = tissue.thumb[tissue.mask] if tissue is not None and tissue.mask.any() else coarsest_tile(slide)
         stain_from_od = inverse_stain_matrix(stain_matrix(macenko_vectors(pixels.reshape(-1, 1, 3))))
         timings["stain_vectors"] = time.perf_counter() - t
 
@@ -140,9 +140,9 @@ def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options) -> Prepare
     return Prepared(mpp, work_mpp, tissue, analysed, plan, stain_from_od, timings)
 
 
-def tissue_free_sample(slide: Slide) -> np.ndarray:
-    last = len(slide.info.level_dimensions) - 1
-    return slide.read_tile(last, 0, 0)
+def coarsest_tile(slide: Slide) -> np.ndarray:
+    """Some pixels of the slide when there is no tissue mask to take them from."""
+    return slide.read_tile(len(slide.info.level_dimensions) - 1, 0, 0)
 
 
 def window_candidates(slide: Slide, prep: Prepared, params: CandidateParams, workers: int) -> Iterator[tuple[Window, Candidates]]:
