@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from mitoqp.io_utils import write_text_atomic
+from mitoqp.io_utils import atomic_path
 
 CLASS_NAME = "Mitotic figure"
 CLASS_COLOR = [255, 0, 0]
@@ -27,16 +28,15 @@ def circle(x: float, y: float, r: float, n: int = CIRCLE_VERTICES) -> list[list[
 
 
 def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray, mpp: float,
-                       shape: str = "circle") -> list[dict]:
-    """One Feature per detection; `shape` is "circle" (extent of the blob) or "point"."""
-    feats = []
+                       shape: str = "circle") -> Iterator[dict]:
+    """One Feature per detection, lazily; `shape` is "circle" (extent of the blob) or "point"."""
     for (x, y), s, a in zip(np.asarray(xy, float), np.asarray(scores, float), np.asarray(area_um2, float)):
         if shape == "point":
             geom = {"type": "Point", "coordinates": [round(float(x), 2), round(float(y), 2)]}
         else:
             r_px = max(np.sqrt(a / np.pi) / mpp, 2.0)
             geom = {"type": "Polygon", "coordinates": [circle(x, y, r_px)]}
-        feats.append({
+        yield {
             "type": "Feature",
             "id": str(uuid.uuid4()),
             "geometry": geom,
@@ -45,9 +45,13 @@ def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray,
                 "classification": {"name": CLASS_NAME, "color": CLASS_COLOR},
                 "measurements": {"score": round(float(s), 5), "area_um2": round(float(a), 3)},
             },
-        })
-    return feats
+        }
 
 
-def write_detections(path: Path, features: list[dict]) -> None:
-    write_text_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}) + "\n")
+def write_detections(path: Path, features: Iterable[dict]) -> None:
+    """A FeatureCollection written one feature at a time (memory does not grow with the count)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [')
+        for i, feat in enumerate(features):
+            f.write((",\n" if i else "\n") + json.dumps(feat))
+        f.write("\n]}\n")

@@ -204,3 +204,22 @@ def test_hotspot_count():
     assert res.hotspot_count() == 3 and res.count == 4
     res.scores[:] = 0.1
     assert res.hotspot_count() == 0
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["info"], ["train"], ["export"], ["evaluate"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0 and "usage: mitoqp" in capsys.readouterr().out
+
+
+@needs_data
+def test_evaluate_command_writes_json_and_markdown(default_model, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--limit", "6", "--bootstrap", "20", "--slides", "-o", str(out)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert {"validation/MIDOG21", "test/TUPAC16", "external/atnorm-br", "test/all"} <= set(report["sets"])
+    s = report["sets"]["validation/all"]
+    assert s["fields"] == 12 and 0 <= s["operating_point"]["recall"] <= 1 and "hpf_f1" in s["ci95"]
+    assert report["padding"]["positives"] > 0
+    assert "| test/all |" in (out / "evaluation.md").read_text()

@@ -40,5 +40,5 @@ def test_features_follow_qupath_rules(tmp_path, shape):
 
 def test_empty_detections_are_a_valid_collection(tmp_path):
     path = tmp_path / "e.geojson"
-    write_detections(path, detection_features(np.zeros((0, 2)), np.zeros(0), np.zeros(0), 0.25))
+    write_detections(path, detection_features(np.zeros((0, 2)), np.zeros(0), np.zeros(0), 0.25))  # a generator
     assert json.loads(path.read_text()) == {"type": "FeatureCollection", "features": []}
