@@ -71,37 +71,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from mitoqp.training.train import train_from_config
-
+def one_line_errors(job) -> int:
+    """Run `job()`; a ValueError (bad input) becomes one line on stderr and exit status 1."""
     try:
-        train_from_config(args.config, args.out)
+        job()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mitoqp.training.train import train_from_config
+
+    return one_line_errors(lambda: train_from_config(args.config, args.out))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mitoqp.export.onnx_export import main_export
 
-    try:
-        main_export(args.checkpoint, args.out, args.amibr, args.midog_json)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return one_line_errors(lambda: main_export(args.checkpoint, args.out, args.amibr, args.midog_json))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mitoqp.evaluate import evaluate_main
 
-    try:
-        evaluate_main(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return one_line_errors(lambda: evaluate_main(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

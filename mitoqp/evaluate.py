@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from mitoqp.datasets import Field, read_amibr, read_atnorm
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
-from mitoqp.metrics import (Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
+from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
                             roc_auc, sensitivity_at_fpr)
 from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.pipeline import Options, analyse_slide
@@ -37,6 +37,7 @@ class FieldOutcome:
     scores: np.ndarray
     match: Match
     cand_label: np.ndarray  # +1 positive candidate, 0 negative, -1 neither (near a figure, not its nearest)
+    area_mm2: float  # the field's area
 
 
 def run_fields(fields: list[Field], model: Model) -> list[FieldOutcome]:
@@ -45,20 +46,16 @@ def run_fields(fields: list[Field], model: Model) -> list[FieldOutcome]:
     for f in fields:
         with ImageField(f.path) as slide:
             res = analyse_slide(slide, model, Options(mpp=f.mpp, threshold=0.0, use_tissue_mask=False, workers=1))
+            w, h = slide.info.dimensions
         radius = MATCH_RADIUS_UM / f.mpp
         m = match_detections(res.xy, res.scores, f.figures, radius, f.lookalikes)
         pos, neg = label_candidates(res.xy, f.figures, radius)
-        out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1))))
+        out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2))
     return out
 
 
-def field_area_mm2(f: Field) -> float:
-    w, h = 128, 128
-    return w * h * (f.mpp / 1000) ** 2
-
-
 def summarise(outs: list[FieldOutcome], threshold: float, reps: int) -> dict:
-    area = sum(field_area_mm2(o.field) for o in outs)
+    area = sum(o.area_mm2 for o in outs)
     matches = [o.match for o in outs]
     op = operating_point(matches, area, threshold)
     labels = np.concatenate([o.cand_label for o in outs])
@@ -85,7 +82,7 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int) -> dict:
     per_field = [(len(o.match.fig_best_score), int((o.match.fig_best_score >= threshold).sum()),
                   int(((o.match.det_scores >= threshold) & ~o.match.det_is_tp).sum())) for o in outs]
     nfig, ntp, nfp = (np.array(v, float) for v in zip(*per_field))
-    farea = np.array([field_area_mm2(o.field) for o in outs])
+    farea = np.array([o.area_mm2 for o in outs])
 
     def op_stats(idx):
         r = ntp[idx].sum() / max(nfig[idx].sum(), 1)
@@ -226,7 +223,7 @@ def evaluate_main(args) -> dict:
     t0 = time.time()
     outcomes = {k: run_fields(v, model) for k, v in sorted(sets.items())}
     report = {"model": {"id": model.id, "sha256": model.sha256}, "threshold": threshold,
-              "figure_density_per_mm2": hpf_density(), "sets": {}}
+              "figure_density_per_mm2": MIDOG21_FIGURES_PER_MM2, "sets": {}}
     for split in ("validation", "test"):
         pooled = [o for k, v in outcomes.items() if k.startswith(split + "/") for o in v]
         if pooled:
@@ -243,9 +240,3 @@ def evaluate_main(args) -> dict:
     write_text_atomic(args.out / "evaluation.md", markdown(report))
     print(markdown(report))
     return report
-
-
-def hpf_density() -> float:
-    from mitoqp.metrics import MIDOG21_FIGURES_PER_MM2
-
-    return MIDOG21_FIGURES_PER_MM2

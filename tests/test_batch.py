@@ -223,3 +223,10 @@ def test_evaluate_command_writes_json_and_markdown(default_model, tmp_path):
     assert s["fields"] == 12 and 0 <= s["operating_point"]["recall"] <= 1 and "hpf_f1" in s["ci95"]
     assert report["padding"]["positives"] > 0
     assert "| test/all |" in (out / "evaluation.md").read_text()
+
+
+def test_train_and_export_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.toml"), "-o", str(tmp_path / "run")]) == 1
+    assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
