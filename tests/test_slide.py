@@ -94,3 +94,14 @@ def test_generic_tiled_tiff_with_resolution_tags(tmp_path):
     tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
     with open_slide(path) as s:
         assert isinstance(s, TiffSlide) and s.info.mpp == pytest.approx(0.5)
+
+
+@needs_slides
+def test_openslide_reader_matches_tiffslide(tmp_path):
+    pytest.importorskip("openslide")
+    from mitoqp.cli import main
+
+    with open_slide(CMU, "openslide") as s, open_slide(CMU) as t:
+        assert s.info.mpp == pytest.approx(t.info.mpp) and s.info.dimensions == t.info.dimensions
+        np.testing.assert_array_equal(s.read_region(0, 300, 200, 700, 500), t.read_region(0, 300, 200, 700, 500))
+    assert main(["run", "-q", str(CMU), "-o", str(tmp_path), "--reader", "openslide"]) == 0
