@@ -67,7 +67,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     except SlideError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(out, indent=2))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
     return 0
 
 
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("slide", type=Path)
     i.add_argument("--mpp", type=float, default=None, help="microns per pixel when the metadata lacks it")
     i.add_argument("--reader", choices=["tiffslide", "openslide"], default="tiffslide")
+    i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("train", help="train a model from a recipe (needs the train extra)",

@@ -171,16 +171,16 @@ def test_field_built_from_real_patches(default_model, tmp_path):
 
 
 def test_info_command(capsys, field_png):
-    assert main(["info", str(field_png), "--mpp", "0.25"]) == 0
+    assert main(["info", str(field_png), "--mpp", "0.25", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["level_dimensions"] == [[256, 256]] and 0 < info["tissue_fraction"] <= 1
-    assert main(["info", str(field_png)]) == 0
+    assert main(["info", str(field_png), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tissue_fraction"] is None
 
 
 @needs_slides
 def test_info_on_a_real_slide(capsys):
-    assert main(["info", str(CMU)]) == 0
+    assert main(["info", str(CMU), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["vendor"] == "aperio" and info["mpp"] == pytest.approx(0.499) and info["tile_size"] == [[240, 240]]
     assert 0.05 < info["tissue_fraction"] < 0.9
@@ -230,3 +230,9 @@ def test_train_and_export_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_info_prints_readable_lines(capsys, field_png):
+    assert main(["info", str(field_png), "--mpp", "0.25"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "level_dimensions: [[256, 256]]" in lines and any(line.startswith("tissue_fraction: ") for line in lines)
