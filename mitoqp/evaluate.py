@@ -8,7 +8,6 @@ mm^2 and the HPF-equivalent F1, with 95% bootstrap intervals over fields.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

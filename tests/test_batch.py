@@ -228,8 +228,12 @@ def test_evaluate_command_writes_json_and_markdown(default_model, tmp_path):
 def test_train_and_export_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.toml"), "-o", str(tmp_path / "run")]) == 1
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m")]) == 1
+    no_data = tmp_path / "no_data.toml"
+    no_data.write_text("[train]\nepochs = 1\n")
+    assert main(["train", str(no_data), "-o", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "[data] amibr" in err[2]
 
 
 def test_info_prints_readable_lines(capsys, field_png):

@@ -106,7 +106,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     rng = np.random.default_rng(int(t_cfg.get("seed", 0)))
     gen = torch.Generator().manual_seed(int(t_cfg.get("seed", 0)))
     pos, neg = np.flatnonzero(tr.labels == 1), np.flatnonzero(tr.labels == 0)
-    # class-balanced sampling; labelled look-alikes drawn more often among negatives
+    # class-balanced batches; among negatives, labelled look-alikes and slide candidates are drawn more often
     neg_w = np.where(tr.lookalike[neg], float(t_cfg.get("lookalike_weight", 3.0)), 1.0)
     neg_w = np.where(tr.from_slide[neg], float(t_cfg.get("slide_weight", 3.0)), neg_w)
     neg_w /= neg_w.sum()
@@ -117,7 +117,6 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay),
                                                use_buffers=True) if ema_decay > 0 else None)
     best: dict = {"hpf_f1": -1.0}
-    history = []
     for epoch in range(1, epochs + 1):
         model.train()
         te = time.time()
@@ -138,10 +137,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         judged = ema.module if ema is not None else model
         metrics = validate(judged, va, val_fields, patch, radius_px, nms_px)
         metrics.update(epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
-        history.append(metrics)
         log(f"epoch {epoch}: loss {metrics['loss']:.4f} val AUC {metrics['auc']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} "
             f"(recall {metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at t={metrics['threshold']:.3f}) {metrics['seconds']:.0f}s")
-        (run_dir / "metrics.jsonl").open("a").write(json.dumps(metrics) + "\n")
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
         if metrics["hpf_f1"] > best["hpf_f1"]:
             best = metrics
             torch.save({
@@ -156,17 +155,19 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
 def train_from_config(config_path: Path, run_dir: Path) -> dict:
     """The CLI entry: read the config's data, train, keep a copy of the config and a log."""
     cfg = load_config(config_path)
+    data = cfg.get("data", {})
+    if "amibr" not in data:
+        raise ValueError(f"config {config_path} has no [data] amibr = \"path to AMi-Br\"")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(Path(config_path).read_text())
-    logf = (run_dir / "train.log").open("a")
+    log_path = run_dir / "train.log"
 
     def log(msg: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {msg}"
         print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
+        with log_path.open("a") as f:
+            f.write(line + "\n")
 
-    data = cfg.get("data", {})
     fields = read_amibr(Path(data["amibr"]), Path(data["midog_json"]) if data.get("midog_json") else None,
                         {"train", "validation"})
     limit = data.get("limit_fields")
