@@ -4,8 +4,7 @@ The candidate nearest a figure (within the match radius) is a positive;
 candidates farther than the radius from every known figure are negatives
 (other nuclei, labelled look-alikes, candidates on slides without mitoses);
 candidates near a figure but not its nearest are kept out of training. Crops
-are cut a margin larger than the
-model patch so training can jitter the centre.
+are cut a margin larger than the model patch so training can jitter the centre.
 """
 
 from __future__ import annotations
