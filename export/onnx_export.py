@@ -83,8 +83,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "nms_um": float(ckpt.get("nms_um", ckpt["candidates"]["merge_um"])),
         "macs_per_patch": int(ckpt.get("macs", 0)),
         "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels",
-        "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s["train_region"]}
-                            for s in cfg.get("data", {}).get("slides", [])],
+        "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s.get("train_region"),
+                             "annotated": bool(s.get("annotations"))} for s in cfg.get("data", {}).get("slides", [])],
         "validation_metrics": ckpt.get("val_metrics", {}),
         "onnx_opset": OPSET,
         "parity": check,

@@ -156,6 +156,8 @@ def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_
             mpp = slide.info.mpp or (entry or {}).get("mpp")
             roi, part = None, "whole slide"
             if entry:
+                if entry.get("train_region") is None:
+                    continue  # all of it was trained on: nothing held out to judge by
                 w, h = slide.info.dimensions
                 roi = shapely.box(0, 0, w, h).difference(training_region(w, h, entry["train_region"]))
                 part = "held-out part"

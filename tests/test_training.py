@@ -75,3 +75,34 @@ def test_tiny_training_run_on_real_fields(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "train.log").exists()
     assert (tmp_path / "run" / "config.toml").read_text() == cfg.read_text()
     assert 0 <= best["threshold"] <= 1 and best["auc"] > 0.6
+
+
+def test_samples_from_a_lab_annotated_slide(tmp_path):
+    """QuPath points on a slide become positives; other candidates negatives; a point no candidate finds is added."""
+    from conftest import paint_blob, stain_rgb
+    from mitoqp.candidates import CandidateParams
+    from mitoqp.synthetic_slide import write_svs_like
+    from mitoqp.training.samples import slide_samples
+
+    img = np.empty((700, 900, 3), np.uint8)
+    img[:] = stain_rgb(0.02, 0.25)
+    figures = [(150.0, 150.0), (600.0, 400.0)]
+    for x, y in figures:
+        paint_blob(img, x, y, 8, 8, 1.1)
+    for x, y in [(400, 150), (150, 500), (750, 600), (300, 330)]:
+        paint_blob(img, x, y, 11, 7, 0.5)
+    path = tmp_path / "lab.svs"
+    write_svs_like(path, lambda x, y, w, h: img[y:y + h, x:x + w], 900, 700, 0.25, tile=256, levels=1, compression="zlib")
+    points = tmp_path / "points.geojson"
+    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+              "properties": {"classification": {"name": "Mitotic figure", "color": [255, 0, 0]}}}
+             for x, y in figures + [(820.0, 80.0)]]  # the last one lies on empty stroma: no candidate there
+    points.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    from mitoqp.datasets import read_qupath_points
+
+    s = slide_samples(path, None, CandidateParams(), 112, figures=read_qupath_points(points))
+    assert int((s.labels == 1).sum()) == 3 and int((s.labels == 0).sum()) == 4
+    assert s.crops.shape[1:] == (112, 112, 3) and s.from_slide.sum() == 4
+    # a region leaves out the right-hand half: one figure and one nucleus fewer, the stroma point too
+    half = slide_samples(path, None, CandidateParams(), 112, region=[0, 0, 0.5, 1], figures=read_qupath_points(points))
+    assert int((half.labels == 1).sum()) == 1 and int((half.labels == 0).sum()) == 3

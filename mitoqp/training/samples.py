@@ -100,32 +100,58 @@ def concat_samples(parts: list[SampleSet]) -> SampleSet:
                        ("crops", "labels", "lookalike", "valid", "field_index", "xy", "from_slide")))
 
 
-def training_region(slide_w: int, slide_h: int, frac: list[float]):
-    """The level-0 box given as fractions (x0, y0, x1, y1) of a slide."""
+def training_region(slide_w: int, slide_h: int, frac: list[float] | None):
+    """The level-0 box given as fractions (x0, y0, x1, y1) of a slide; None is the whole slide."""
     import shapely
 
-    x0, y0, x1, y1 = frac
+    x0, y0, x1, y1 = frac if frac is not None else (0.0, 0.0, 1.0, 1.0)
     return shapely.box(x0 * slide_w, y0 * slide_h, x1 * slide_w, y1 * slide_h)
 
 
-def slide_negatives(path: Path, mpp: float | None, region: list[float], params: CandidateParams, crop: int) -> SampleSet:
-    """Every candidate in `region` of a slide without mitoses, cut by the runtime's own stream."""
+def slide_samples(path: Path, mpp: float | None, params: CandidateParams, crop: int, radius_um: float = 7.5,
+                  region: list[float] | None = None, figures: np.ndarray | None = None, roi=None) -> SampleSet:
+    """Samples from a whole slide, cut by the runtime's own stream.
+
+    `figures` are level-0 centres of the mitotic figures annotated on the slide
+    (a lab's QuPath points); without them the slide is taken to hold none, and
+    every candidate is a negative. Only candidates inside `region` (fractions of
+    the slide) and `roi` (where the annotation is complete) are used.
+    """
     from mitoqp.pipeline import Options, halo_for, prepare, window_candidates
     from mitoqp.slide import open_slide
 
-    crops, xy = [], []
+    figures = np.zeros((0, 2)) if figures is None else np.asarray(figures, float).reshape(-1, 2)
+    crops, xy, fig_crops, fig_xy = [], [], [], []
     with open_slide(path) as slide:
-        roi = training_region(*slide.info.dimensions, region)
-        prep = prepare(slide, 0.25, halo_for(crop, params), Options(mpp=mpp, roi=roi))
+        area = training_region(*slide.info.dimensions, region)
+        area = area.intersection(roi) if roi is not None else area
+        figures = figures[shapely_contains(area, figures)]
+        prep = prepare(slide, 0.25, halo_for(crop, params), Options(mpp=mpp, roi=area))
         for win, cands in window_candidates(slide, prep, params, workers=2):
             level0 = win.to_level0(cands.xy)
-            inside = shapely_contains(roi, level0)
+            inside = shapely_contains(area, level0)
             crops.append(extract_patches(win.rgb, cands.xy[inside], crop))
             xy.append(level0[inside])
-    crops_a = np.concatenate(crops) if crops else np.zeros((0, crop, crop, 3), np.uint8)
-    n = len(crops_a)
-    return SampleSet(crops_a, np.zeros(n, np.float32), np.zeros(n, bool), np.tile([0, 0, crop, crop], (n, 1)),
-                     np.full(n, -1), np.concatenate(xy) if xy else np.zeros((0, 2)), np.ones(n, bool))
+            # figures in this window's core, in case no candidate finds them
+            local = (figures - np.asarray(win.origin)) / win.scale
+            x0, y0, x1, y1 = win.core
+            here = (local[:, 0] >= x0) & (local[:, 0] < x1) & (local[:, 1] >= y0) & (local[:, 1] < y1)
+            fig_crops.append(extract_patches(win.rgb, local[here], crop))
+            fig_xy.append(figures[here])
+    radius = radius_um / prep.mpp
+    xy_a = np.concatenate(xy + [np.zeros((0, 2))])
+    crops_a = np.concatenate(crops + [np.zeros((0, crop, crop, 3), np.uint8)])
+    pos, neg = label_candidates(xy_a, figures, radius)
+    labels = np.where(pos, 1.0, np.where(neg, 0.0, -1.0)).astype(np.float32)
+    fxy = np.concatenate(fig_xy + [np.zeros((0, 2))])
+    fcrops = np.concatenate(fig_crops + [np.zeros((0, crop, crop, 3), np.uint8)])
+    if len(fxy):
+        missed = cKDTree(xy_a).query(fxy)[0] > radius if len(xy_a) else np.ones(len(fxy), bool)
+        xy_a, crops_a = np.concatenate([xy_a, fxy[missed]]), np.concatenate([crops_a, fcrops[missed]])
+        labels = np.concatenate([labels, np.ones(int(missed.sum()), np.float32)])
+    n = len(labels)
+    return SampleSet(crops_a, labels, np.zeros(n, bool), np.tile([0, 0, crop, crop], (n, 1)),
+                     np.full(n, -1), xy_a, labels == 0)
 
 
 def shapely_contains(geom, xy: np.ndarray) -> np.ndarray:

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from mitoqp.candidates import CandidateParams
-from mitoqp.datasets import Field, read_amibr
+from mitoqp.datasets import Field, read_amibr, read_qupath_points
+from mitoqp.roi import read_roi
 from mitoqp.metrics import Match, best_threshold, match_detections, roc_auc
 from mitoqp.pipeline import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders
 from mitoqp.training.model import build_model, count_macs
-from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_negatives
+from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_samples
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 
@@ -75,7 +76,7 @@ def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_
 
 
 def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
-          extra_negatives: list[SampleSet] | None = None) -> dict:
+          extra_samples: list[SampleSet] | None = None) -> dict:
     """Train the recipe `cfg`; returns the best epoch's metrics. Writes into `run_dir`."""
     t_cfg, m_cfg = cfg.get("train", {}), cfg.get("model", {})
     seed_everything(int(t_cfg.get("seed", 0)))
@@ -90,8 +91,8 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     t0 = time.time()
     tr = build_samples(train_fields, cparams, patch + 2 * jitter, radius_px)
     va = build_samples(val_fields, cparams, patch, radius_px, add_missed=False)
-    if extra_negatives:
-        tr = concat_samples([tr, *extra_negatives])
+    if extra_samples:
+        tr = concat_samples([tr, *extra_samples])
     log(f"samples: train {int((tr.labels == 1).sum())} pos / {int((tr.labels == 0).sum())} neg "
         f"({int(tr.from_slide.sum())} from slides, {int(tr.lookalike.sum())} look-alikes), "
         f"validation {int((va.labels == 1).sum())} pos / {int((va.labels == 0).sum())} neg ({time.time() - t0:.0f}s)")
@@ -178,9 +179,14 @@ def train_from_config(config_path: Path, run_dir: Path) -> dict:
     crop = int(cfg.get("model", {}).get("patch", 96)) + 2 * int(cfg.get("train", {}).get("jitter", 8))
     extra = []
     for s in data.get("slides", []):
-        if Path(s["path"]).exists():
-            extra.append(slide_negatives(Path(s["path"]), s.get("mpp"), s["train_region"], cparams, crop))
-            log(f"slide negatives: {len(extra[-1])} candidates from {s['path']} region {s['train_region']}")
-        else:
-            log(f"slide {s['path']} not found: no negatives from it")
+        if not Path(s["path"]).exists():
+            log(f"slide {s['path']} not found: no samples from it")
+            continue
+        figures = read_qupath_points(Path(s["annotations"])) if s.get("annotations") else None
+        roi = read_roi(Path(s["roi"])) if s.get("roi") else None
+        extra.append(slide_samples(Path(s["path"]), s.get("mpp"), cparams, crop, float(cfg.get("match_radius_um", 7.5)),
+                                   s.get("train_region"), figures, roi))
+        got = extra[-1]
+        log(f"slide {s['path']}: {int((got.labels == 1).sum())} positives, {int((got.labels == 0).sum())} negatives "
+            f"(region {s.get('train_region', 'whole')}{', annotations ' + s['annotations'] if s.get('annotations') else ''})")
     return train(cfg, train_fields, val_fields, run_dir, log, extra)
