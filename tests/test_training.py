@@ -106,3 +106,20 @@ def test_samples_from_a_lab_annotated_slide(tmp_path):
     # a region leaves out the right-hand half: one figure and one nucleus fewer, the stroma point too
     half = slide_samples(path, None, CandidateParams(), 112, region=[0, 0, 0.5, 1], figures=read_qupath_points(points))
     assert int((half.labels == 1).sum()) == 1 and int((half.labels == 0).sum()) == 3
+
+
+@needs_data
+def test_training_sees_the_candidates_the_runtime_finds():
+    from mitoqp.datasets import read_amibr
+    from mitoqp.pipeline import Options, halo_for, prepare, window_candidates
+    from mitoqp.slide import ImageField
+    from mitoqp.training.samples import field_candidates
+    from mitoqp.candidates import CandidateParams
+
+    params = CandidateParams()
+    for f in read_amibr(AMIBR, MIDOG_JSON, {"validation"})[:40]:
+        with ImageField(f.path) as slide:
+            prep = prepare(slide, 0.25, halo_for(96, params), Options(mpp=0.25, use_tissue_mask=False))
+            runtime = np.concatenate([win.to_level0(c.xy) for win, c in window_candidates(slide, prep, params, 1)])
+        train_side = field_candidates(f.image(), 0.25, params)
+        np.testing.assert_allclose(np.sort(train_side, axis=0), np.sort(runtime, axis=0), atol=1e-6)

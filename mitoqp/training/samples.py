@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from mitoqp.candidates import CandidateParams, find_candidates
 from mitoqp.datasets.fields import Field
-from mitoqp.patches import extract_patches
+from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.stain import hematoxylin
 
 
@@ -39,8 +39,12 @@ class SampleSet:
         return len(self.labels)
 
 
-def field_candidates(img: np.ndarray, mpp: float, params: CandidateParams) -> np.ndarray:
-    return find_candidates(hematoxylin(img), mpp, params).xy
+def field_candidates(img: np.ndarray, mpp: float, params: CandidateParams, pad: int = 32) -> np.ndarray:
+    """Candidates of a field as the runtime finds them: the field lies in glass (white) beyond its edge."""
+    padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+    xy = find_candidates(hematoxylin(padded), mpp, params).xy - pad
+    h, w = img.shape[:2]
+    return xy[(xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)]
 
 
 def label_candidates(cands: np.ndarray, figures: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
