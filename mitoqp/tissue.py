@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mitoqp.slide import Slide
@@ -116,10 +116,10 @@ def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> Non
     img = tm.thumb.copy()
     edge = tm.mask ^ ndimage.binary_erosion(tm.mask)
     img[edge] = (0, 200, 0)
+    qc = Image.fromarray(img)
     if points is not None and len(points):
-        ij = np.clip(np.floor(points / tm.scale).astype(int), 0, [img.shape[1] - 1, img.shape[0] - 1])
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                img[np.clip(ij[:, 1] + dy, 0, img.shape[0] - 1), np.clip(ij[:, 0] + dx, 0, img.shape[1] - 1)] = (255, 0, 0)
+        draw = ImageDraw.Draw(qc)
+        for x, y in np.asarray(points) / tm.scale:
+            draw.ellipse((x - 5, y - 5, x + 5, y + 5), outline=(255, 0, 0), width=2)
     with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
+        qc.save(tmp, format="PNG")
