@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from mitoqp.datasets import Field, read_amibr, read_atnorm
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
-                            roc_auc, sensitivity_at_fpr)
+                            poisson_upper, roc_auc, sensitivity_at_fpr)
 from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.runtime.model import Model, load_model
@@ -98,6 +98,9 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int) -> dict:
         for k, name in enumerate(("recall", "fp_per_mm2", "field_f1", "hpf_f1")):
             ci[name] = bootstrap_ci(lambda idx, k=k: op_stats(idx)[k], len(outs), reps)
         ci["auc"] = bootstrap_ci(cand_stat(lambda s: roc_auc(labels[s], scores[s])), len(outs), min(reps, 200))
+    fp_upper = poisson_upper(op["fp"], area)
+    op["fp_per_mm2_upper95"] = fp_upper
+    op["hpf_f1_at_fp_upper95"] = hpf_equivalent(op["recall"], fp_upper)[1]
     return {
         "fields": len(outs), "field_area_mm2": area, "operating_point": op, "ci95": ci,
         "auc": roc_auc(labels, scores),
@@ -189,6 +192,12 @@ def markdown(report: dict) -> str:
             f"{fmt(op['hpf_f1'], ci.get('hpf_f1'))} | {fmt(op['field_f1'], ci.get('field_f1'))} | {fmt(r['auc'], ci.get('auc'))} | "
             f"{r['sensitivity_at_1pct_fpr']:.3f} | {r['sensitivity_at_0.1pct_fpr']:.3f} | "
             f"{r['candidate_sensitivity']['7.5um']:.3f} / {r['candidate_sensitivity']['15px']:.3f} | {r['candidates_per_field']:.2f} |")
+    lines += ["", "False detections are few: the exact Poisson 95% upper bound of the rate, and the HPF-equivalent F1 "
+              "if the rate were that high (the bootstrap cannot widen a count of zero):", "",
+              "| set | false detections | field area mm^2 | FP/mm^2 upper 95% | HPF-eq. F1 at that bound |", "|---|---|---|---|---|"]
+    for name, r in report["sets"].items():
+        op = r["operating_point"]
+        lines.append(f"| {name} | {op['fp']} | {r['field_area_mm2']:.3f} | {op['fp_per_mm2_upper95']:.1f} | {op['hpf_f1_at_fp_upper95']:.3f} |")
     lines += ["", "FROC (recall at no more than N false detections per mm^2 of field):", "",
               "| set | " + " | ".join(str(level) for level in FROC_LEVELS) + " |", "|---|" + "---|" * len(FROC_LEVELS)]
     for name, r in report["sets"].items():

@@ -136,3 +136,13 @@ def bootstrap_ci(values_fn, n_items: int, reps: int = 1000, seed: int = 0) -> tu
     stats = [values_fn(rng.integers(0, n_items, n_items)) for _ in range(reps)]
     lo, hi = np.nanpercentile(stats, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def poisson_upper(events: int, exposure: float, level: float = 0.95) -> float:
+    """Exact (Garwood) upper bound of a rate from `events` counted over `exposure` (e.g. mm^2).
+
+    A bootstrap over fields cannot widen a count of zero; this bound can (3/area for none seen).
+    """
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(1 - (1 - level) / 2, 2 * (events + 1)) / 2 / exposure) if exposure > 0 else float("inf")

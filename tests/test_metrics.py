@@ -63,3 +63,11 @@ def test_auc_and_sensitivity_at_fpr():
     scores = np.r_[np.linspace(0.5, 1, 10), np.linspace(0, 0.6, 100)]
     lab = np.r_[np.ones(10), np.zeros(100)]
     assert sensitivity_at_fpr(lab, scores, 0.01) == pytest.approx(0.9, abs=0.11)
+
+
+def test_poisson_upper_bound_of_a_rate():
+    from mitoqp.metrics import poisson_upper
+
+    assert poisson_upper(0, 1.0) == pytest.approx(3.689, abs=0.01)  # two-sided 95%: -ln(0.025)
+    assert poisson_upper(0, 0.25) == pytest.approx(4 * 3.689, abs=0.05)
+    assert poisson_upper(5, 1.0) == pytest.approx(11.668, abs=0.01)
