@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 FIELD_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".ome.tif", ".ome.tiff", ".mrxs", ".vms", ".svslide"}
+OPENSLIDE_ONLY = {".mrxs", ".vms", ".vmu"}  # not TIFF-based: OpenSlide alone reads them
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide"} | OPENSLIDE_ONLY
 
 
 class SlideError(ValueError):
@@ -253,7 +254,7 @@ def open_slide(path: Path | str, backend: str = "auto") -> Slide:
         raise SlideError(f"{path} is a folder, not a slide")
     if path.stat().st_size == 0:
         raise SlideError(f"{path.name} is an empty file")
-    if backend == "openslide":
+    if backend == "openslide" or (backend == "auto" and path.suffix.lower() in OPENSLIDE_ONLY):
         return OpenSlideSlide(path)
     if backend == "image":
         return ImageField(path)

@@ -105,3 +105,11 @@ def test_openslide_reader_matches_tiffslide(tmp_path):
         assert s.info.mpp == pytest.approx(t.info.mpp) and s.info.dimensions == t.info.dimensions
         np.testing.assert_array_equal(s.read_region(0, 300, 200, 700, 500), t.read_region(0, 300, 200, 700, 500))
     assert main(["run", "-q", str(CMU), "-o", str(tmp_path), "--reader", "openslide"]) == 0
+
+
+def test_mirax_goes_to_openslide(tmp_path):
+    path = tmp_path / "slide.mrxs"
+    path.write_bytes(b"not really a mirax file")
+    with pytest.raises(SlideError, match="OpenSlide|openslide") as err:
+        open_slide(path)
+    assert "\n" not in str(err.value)
