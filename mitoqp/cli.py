@@ -32,9 +32,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: no slides found in the inputs", file=sys.stderr)
         return 2
     for r in records:
-        if r["status"] in ("ok", "skipped"):
+        if r["status"] in ("ok", "skipped") and not r["tissue_area_mm2"]:
+            print(f"{r['name']}: {r['status']}, no tissue found")
+        elif r["status"] in ("ok", "skipped"):
             print(f"{r['name']}: {r['status']}, {r['mitotic_count']} mitotic figures in {r['tissue_area_mm2']} mm2 "
-                  f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']}/{2:g} mm2)")
+                  f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']} in 2 mm2)")
         else:
             print(f"{r['name']}: error: {r['error']}")
     failed = sum(r["status"] == "error" for r in records)

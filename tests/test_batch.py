@@ -240,3 +240,12 @@ def test_info_prints_readable_lines(capsys, field_png):
     assert main(["info", str(field_png), "--mpp", "0.25"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "level_dimensions: [[256, 256]]" in lines and any(line.startswith("tissue_fraction: ") for line in lines)
+
+
+def test_an_image_of_glass_is_a_slide_without_tissue(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(np.full((300, 300, 3), 250, np.uint8)).save(tmp_path / "glass.png")
+    assert run(tmp_path / "glass.png", "-o", tmp_path / "out", "--model", tiny_model_dir, "--mpp", 0.25) == 0
+    assert "glass: ok, no tissue found" in capsys.readouterr().out
+    row = summary(tmp_path / "out")["glass.png"]
+    assert row["mitotic_count"] == "0" and row["tissue_area_mm2"] == "0.0"
+    assert json.loads((tmp_path / "out" / "glass.geojson").read_text())["features"] == []
