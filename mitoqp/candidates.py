@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 
 @dataclass(frozen=True)
@@ -34,19 +37,18 @@ class Candidates:
 
     xy: np.ndarray  # (N, 2) float
     area_um2: np.ndarray  # (N,)
-    density: np.ndarray  # (N,) mean smoothed hematoxylin OD of the blob
 
     def __len__(self) -> int:
         return len(self.xy)
 
     def select(self, keep: np.ndarray) -> "Candidates":
-        return Candidates(self.xy[keep], self.area_um2[keep], self.density[keep])
+        return Candidates(self.xy[keep], self.area_um2[keep])
 
     @staticmethod
     def concat(parts: list["Candidates"]) -> "Candidates":
         if not parts:
-            return Candidates(np.zeros((0, 2)), np.zeros(0), np.zeros(0))
-        return Candidates(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("xy", "area_um2", "density")))
+            return Candidates(np.zeros((0, 2)), np.zeros(0))
+        return Candidates(np.concatenate([p.xy for p in parts]), np.concatenate([p.area_um2 for p in parts]))
 
 
 def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = CandidateParams()) -> Candidates:
@@ -63,13 +65,10 @@ def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = Cand
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     sx = np.bincount(lab, weights=xs, minlength=n + 1)[1:]
     sy = np.bincount(lab, weights=ys, minlength=n + 1)[1:]
-    sd = np.bincount(lab, weights=smooth.ravel()[fg], minlength=n + 1)[1:]
     px_area = mpp * mpp
     area_um2 = area * px_area
     keep = (area_um2 >= params.min_area_um2) & (area_um2 <= params.max_area_um2)
-    cands = Candidates(
-        np.stack([sx / area, sy / area], axis=1)[keep], area_um2[keep], (sd / area)[keep]
-    )
+    cands = Candidates(np.stack([sx / area, sy / area], axis=1)[keep], area_um2[keep])
     return merge_close(cands, params.merge_um / mpp)
 
 
@@ -77,18 +76,12 @@ def merge_close(c: Candidates, radius_px: float) -> Candidates:
     """One candidate per group of blobs within `radius_px` (area-weighted centre)."""
     if len(c) < 2 or radius_px <= 0:
         return c
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     pairs = cKDTree(c.xy).query_pairs(radius_px, output_type="ndarray")
     if len(pairs) == 0:
         return c
-    from scipy.sparse import coo_matrix
-
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(c), len(c)))
     ngroups, group = connected_components(graph, directed=False)
     w = c.area_um2
     area = np.bincount(group, weights=w, minlength=ngroups)
     xy = np.stack([np.bincount(group, weights=c.xy[:, i] * w, minlength=ngroups) / area for i in (0, 1)], axis=1)
-    density = np.bincount(group, weights=c.density * w, minlength=ngroups) / area
-    return Candidates(xy, area, density)
+    return Candidates(xy, area)

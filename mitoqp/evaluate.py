@@ -19,7 +19,7 @@ from mitoqp.datasets import Field, read_amibr, read_atnorm
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
                             poisson_upper, roc_auc, sensitivity_at_fpr)
-from mitoqp.patches import PAD_VALUE, extract_patches
+from mitoqp.patches import PAD_VALUE, extract_patches, inside_boxes
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.runtime.model import Model, load_model
 from mitoqp.slide import ImageField, open_slide
@@ -120,11 +120,8 @@ def padding_check(outs: list[FieldOutcome], model: Model, seed: int = 0) -> dict
     border_boxes = []
     for o in outs:
         img = o.field.image()
-        for x, y in o.xy[o.cand_label == 0]:
-            c = np.rint([x, y]).astype(int) - size // 2
-            box = (max(-c[0], 0), max(-c[1], 0), min(img.shape[1] - c[0], size), min(img.shape[0] - c[1], size))
-            if box != (0, 0, size, size):
-                border_boxes.append(box)
+        boxes = inside_boxes(o.xy[o.cand_label == 0], size, img.shape[1], img.shape[0])
+        border_boxes += [tuple(b) for b in boxes if tuple(b) != (0, 0, size, size)]
     for o in outs:
         pos = o.xy[o.cand_label == 1]
         if not len(pos) or not border_boxes:

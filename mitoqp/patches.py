@@ -29,3 +29,13 @@ def extract_patches(rgb: np.ndarray, xy: np.ndarray, size: int, out: np.ndarray 
         if sx1 > sx0 and sy1 > sy0:
             out[i, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1, :3]
     return out
+
+
+def inside_boxes(xy: np.ndarray, size: int, width: int, height: int) -> np.ndarray:
+    """(N, 4) x0, y0, x1, y1 of the part of each patch that lies inside a width x height image.
+
+    Everything outside that box is padding.
+    """
+    c = np.rint(np.asarray(xy, dtype=np.float64).reshape(-1, 2)).astype(int) - size // 2
+    return np.stack([np.clip(-c[:, 0], 0, size), np.clip(-c[:, 1], 0, size),
+                     np.clip(width - c[:, 0], 0, size), np.clip(height - c[:, 1], 0, size)], axis=1)

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from mitoqp.candidates import CandidateParams, find_candidates
 from mitoqp.datasets.fields import Field
-from mitoqp.patches import PAD_VALUE, extract_patches
+from mitoqp.patches import PAD_VALUE, extract_patches, inside_boxes
 from mitoqp.stain import hematoxylin
 
 
@@ -87,10 +87,7 @@ def build_samples(
         crops.append(extract_patches(img, xy, crop))
         labels.append(np.concatenate(lab))
         looks.append(la)
-        c = np.rint(xy).astype(int) - crop // 2
-        h, w = img.shape[:2]
-        valid.append(np.stack([np.clip(-c[:, 0], 0, crop), np.clip(-c[:, 1], 0, crop),
-                               np.clip(w - c[:, 0], 0, crop), np.clip(h - c[:, 1], 0, crop)], axis=1))
+        valid.append(inside_boxes(xy, crop, img.shape[1], img.shape[0]))
         owner.append(np.full(len(xy), k))
         allxy.append(xy.reshape(-1, 2))
     return SampleSet(
