@@ -85,7 +85,7 @@ class RunConfig:
     out_dir: Path
     options: Options
     overwrite: bool = False
-    backend: str = "tiffslide"
+    reader: str = "auto"  # open_slide's backend: auto, tiffslide or openslide
     geometry: str = "circle"
 
 
@@ -95,7 +95,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
-        with open_slide(path, "auto" if cfg.backend == "tiffslide" else cfg.backend) as slide:
+        with open_slide(path, cfg.reader) as slide:
             res = analyse_slide(slide, model, cfg.options)
         t = time.perf_counter()
         det = res.detected

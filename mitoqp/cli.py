@@ -49,7 +49,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mitoqp.tissue import detect_tissue
 
     try:
-        with open_slide(args.slide, "auto" if args.reader == "tiffslide" else args.reader) as slide:
+        with open_slide(args.slide, args.reader) as slide:
             i = slide.info
             mpp = args.mpp or i.mpp
             out = {
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mpp", type=float, default=None, help="microns per pixel, overriding the slide's metadata")
     r.add_argument("--roi", type=Path, default=None, help="QuPath GeoJSON of polygons (level-0 px) to restrict to")
     r.add_argument("--stain", choices=["ruifrok", "macenko"], default="ruifrok", help="stain vectors")
-    r.add_argument("--reader", choices=["tiffslide", "openslide"], default="tiffslide", help="slide reader")
+    r.add_argument("--reader", choices=["auto", "tiffslide", "openslide"], default="auto",
+                   help="slide reader (auto: tiffslide, OpenSlide for MIRAX/VMS, plain reader for PNG/JPEG)")
     r.add_argument("--geometry", choices=["circle", "point"], default="circle", help="GeoJSON shape per detection")
     r.add_argument("--window", type=int, default=2048, help="window size in level pixels (memory vs overhead)")
     r.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a slide", description="Format, levels, size, microns per pixel, vendor, tile size, tissue fraction.")
     i.add_argument("slide", type=Path)
     i.add_argument("--mpp", type=float, default=None, help="microns per pixel when the metadata lacks it")
-    i.add_argument("--reader", choices=["tiffslide", "openslide"], default="tiffslide")
+    i.add_argument("--reader", choices=["auto", "tiffslide", "openslide"], default="auto")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 

@@ -246,7 +246,11 @@ def _is_pyramid_tiff(path: Path) -> bool:
 
 
 def open_slide(path: Path | str, backend: str = "auto") -> Slide:
-    """Open a slide or field; `backend` is auto, tiffslide, openslide or image."""
+    """Open a slide or field; `backend` is auto, tiffslide, openslide or image.
+
+    auto and tiffslide read plain images (PNG, JPEG, untiled TIFF) as fields;
+    auto also sends MIRAX and VMS, which are not TIFF-based, to OpenSlide.
+    """
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path} does not exist")
