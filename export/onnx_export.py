@@ -20,12 +20,15 @@ from mitoqp.runtime.model import sha256_file
 from mitoqp.training.model import build_model
 
 OPSET = 17
+# the recipe settings a model card reader wants to see in model.json
+RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
+               "stain_sigma", "stain_bias", "ema_decay")
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_model(ckpt["config"].get("model", {}))
+        model = build_model(ckpt["config"].get("model", {}), int(ckpt.get("child_classes", 0)))
         model.load_state_dict(ckpt["state_dict"])
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
@@ -46,14 +49,15 @@ def export_onnx(model: torch.nn.Module, patch: int, path: Path) -> None:
 
 
 def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float) -> dict:
-    """Max |p_torch - p_onnx| and the number of decisions that differ at `threshold`."""
+    """Max |p_torch - p_onnx| over every output, and the mitosis decisions that differ at `threshold`."""
     with torch.no_grad():
-        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy()
+        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy().reshape(len(patches), -1)
     p_onnx = OnnxRuntimeBackend(onnx_path).predict(patches)
+    p_torch, p_onnx = p_torch, p_onnx.reshape(p_torch.shape)
     return {
         "patches": int(len(patches)),
         "max_abs_diff": float(np.max(np.abs(p_torch - p_onnx))) if len(patches) else 0.0,
-        "decisions_differ": int(((p_torch >= threshold) != (p_onnx >= threshold)).sum()),
+        "decisions_differ": int(((p_torch[:, 0] >= threshold) != (p_onnx[:, 0] >= threshold)).sum()),
     }
 
 
@@ -68,17 +72,21 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     if check["decisions_differ"] or check["max_abs_diff"] > 1e-4:
         raise ValueError(f"ONNX export disagrees with PyTorch: {check}")
     cfg = ckpt["config"]
+    m_cfg = cfg.get("model", {})
+    subtype = getattr(model, "subtype_head", None) is not None
     config = {
         "id": (extra or {}).get("id", out_dir.name),
-        "architecture": "CompactResNet",
-        "widths": list(cfg.get("model", {}).get("widths", [16, 24, 48, 96])),
+        "architecture": "CompactResNet" + ("+SE" if m_cfg.get("se") else ""),
+        "widths": list(m_cfg.get("widths", [16, 24, 48, 96])),
         "input_size": patch,
         "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
         "normalisation": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
-        "output": "probability of a mitotic figure",
+        "output": ("(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
+                   else "probability of a mitotic figure"),
+        "outputs": ["mitosis", "atypical"] if subtype else ["mitosis"],
         "mpp": 0.25,
         "threshold": float(ckpt["threshold"]),
-        "class_names": ["Mitotic figure"],
+        "class_names": ["Mitotic figure (normal)", "Mitotic figure (atypical)"] if subtype else ["Mitotic figure"],
         "candidates": ckpt["candidates"],
         "nms_um": float(ckpt.get("nms_um", ckpt["candidates"]["merge_um"])),
         "macs_per_patch": int(ckpt.get("macs", 0)),
@@ -86,10 +94,15 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s.get("train_region"),
                              "annotated": bool(s.get("annotations"))} for s in cfg.get("data", {}).get("slides", [])],
         "validation_metrics": ckpt.get("val_metrics", {}),
+        "recipe": {k: cfg.get("train", {}).get(k) for k in RECIPE_KEYS if k in cfg.get("train", {})},
         "onnx_opset": OPSET,
         "parity": check,
         "onnx_sha256": sha256_file(onnx_path),
     }
+    if subtype and ckpt.get("atypical_threshold") is not None:
+        config["atypical_threshold"] = float(ckpt["atypical_threshold"])
+    if ckpt.get("stain_reference"):
+        config["stain_reference"] = ckpt["stain_reference"]
     config.update(extra or {})
     write_json_atomic(out_dir / "model.json", config)
     return config

@@ -29,7 +29,8 @@ from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
 from mitoqp.tissue import save_qc
 
 SUMMARY_FIELDS = [
-    "slide", "status", "error", "mitotic_count", "tissue_area_mm2", "count_per_mm2", "hotspot_count",
+    "slide", "status", "error", "mitotic_count", "atypical_count", "atypical_fraction", "tissue_area_mm2",
+    "count_per_mm2", "hotspot_count",
     "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
 ]
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -89,9 +90,17 @@ class RunConfig:
     geometry: str = "circle"
 
 
+def run_settings(model: Model, opts: Options) -> dict:
+    """What changes a slide's result besides the model file: a re-run redoes slides done otherwise."""
+    return {"backend": model.backend.name, "threshold": model.threshold if opts.threshold is None else opts.threshold,
+            "stain": opts.stain, "stain_normalise": opts.stain_normalise,
+            "roi": opts.roi.wkt if opts.roi is not None else None}
+
+
 def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     out = cfg.out_dir
-    record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256}
+    record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256,
+              "settings": run_settings(model, cfg.options)}
     t0 = time.perf_counter()
     (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
@@ -99,14 +108,19 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
             res = analyse_slide(slide, model, cfg.options)
         t = time.perf_counter()
         det = res.detected
+        atypical = res.atypical[det] if res.atypical is not None else None
         write_detections(out / f"{name}.geojson",
-                         detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry))
+                         detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry,
+                                            atypical, model.atypical_threshold))
         if res.tissue is not None:
             save_qc(res.tissue, out / f"{name}.tissue.png", res.xy[det])
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
+        n_atypical = res.atypical_count(model.atypical_threshold)
         record.update(
-            status="ok", error="", mitotic_count=res.count, tissue_area_mm2=round(area, 4),
+            status="ok", error="", mitotic_count=res.count, atypical_count=n_atypical,
+            atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
+            tissue_area_mm2=round(area, 4),
             count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=res.hotspot_count(),
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
@@ -145,7 +159,8 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
             continue
         names.add(name)
         done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
-        if done is not None and done.get("model_sha256") == model.sha256:
+        if (done is not None and done.get("model_sha256") == model.sha256
+                and done.get("settings") == run_settings(model, cfg.options)):
             done["status"] = "skipped"
             records.append(done)
             continue
@@ -168,6 +183,8 @@ def write_summaries(out: Path, records: list[dict], model: Model, started: str) 
     write_text_atomic(out / "summary.csv", buf.getvalue())
     write_json_atomic(out / "summary.json", {
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": {"id": model.id, "sha256": model.sha256, "directory": str(model.directory), "threshold": model.threshold},
+        "model": {"id": model.id, "sha256": model.sha256, "directory": str(model.directory), "threshold": model.threshold,
+                  "atypical_threshold": model.atypical_threshold if model.has_subtype else None,
+                  "backend": model.backend.name},
         "versions": versions(), "slides": records,
     })

@@ -19,13 +19,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mitoqp.runtime.model import load_model
 
     try:
-        model = load_model(args.model, threads=args.threads)
+        model = load_model(args.model, threads=args.threads, tta=args.tta)
         roi = read_roi(args.roi) if args.roi else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     opts = Options(mpp=args.mpp, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,
-                   stain=args.stain, roi=roi, window_px=args.window)
+                   stain=args.stain, roi=roi, window_px=args.window, stain_normalise=args.stain_normalise)
     records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry),
                         progress=not args.quiet)
     if not records:
@@ -35,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if r["status"] in ("ok", "skipped") and not r["tissue_area_mm2"]:
             print(f"{r['name']}: {r['status']}, no tissue found")
         elif r["status"] in ("ok", "skipped"):
-            print(f"{r['name']}: {r['status']}, {r['mitotic_count']} mitotic figures in {r['tissue_area_mm2']} mm2 "
+            atypical = f", {r['atypical_count']} atypical" if r.get("atypical_count") is not None else ""
+            print(f"{r['name']}: {r['status']}, {r['mitotic_count']} mitotic figures{atypical} in {r['tissue_area_mm2']} mm2 "
                   f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']} in 2 mm2)")
         else:
             print(f"{r['name']}: error: {r['error']}")
@@ -90,7 +91,7 @@ def one_line_errors(job) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from mitoqp.training.train import train_from_config
 
-    return one_line_errors(lambda: train_from_config(args.config, args.out))
+    return one_line_errors(lambda: train_from_config(args.config, args.out, args.set))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -99,10 +100,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return one_line_errors(lambda: main_export(args.checkpoint, args.out, args.amibr, args.midog_json))
 
 
+def cmd_stain_survey(args: argparse.Namespace) -> int:
+    from mitoqp.io_utils import write_json_atomic
+    from mitoqp.training.stain_survey import survey
+
+    def job():
+        result = survey(args.amibr, args.midog_json, args.atnorm)
+        write_json_atomic(args.out, result)
+        for name, s in {**result["sources"], "all training slides": result["training"]}.items():
+            print(f"{name}: {s['slides']} slides, H {[round(v, 3) for v in s['h_mean']]} (max {s['h_angle_deg_max']:.1f} deg off), "
+                  f"E {[round(v, 3) for v in s['e_mean']]} (max {s['e_angle_deg_max']:.1f} deg off)")
+
+    return one_line_errors(job)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mitoqp.evaluate import evaluate_main
 
     return one_line_errors(lambda: evaluate_main(args))
+
+
+def add_robustness_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1,
+                   help="test-time augmentation: average the model over this many dihedral views (1: off)")
+    p.add_argument("--stain-normalise", action="store_true",
+                   help="Macenko-normalise each slide's patches to the model's training stain reference")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=0, help="model inference threads (0: all cores)")
     r.add_argument("--mpp", type=float, default=None, help="microns per pixel, overriding the slide's metadata")
     r.add_argument("--roi", type=Path, default=None, help="QuPath GeoJSON of polygons (level-0 px) to restrict to")
-    r.add_argument("--stain", choices=["ruifrok", "macenko"], default="ruifrok", help="stain vectors")
+    r.add_argument("--stain", choices=["ruifrok", "macenko"], default="ruifrok", help="stain vectors for the candidates")
+    add_robustness_options(r)
     r.add_argument("--reader", choices=["auto", "tiffslide", "openslide"], default="auto",
                    help="slide reader (auto: tiffslide, OpenSlide for MIRAX/VMS, plain reader for PNG/JPEG)")
     r.add_argument("--geometry", choices=["circle", "point"], default="circle", help="GeoJSON shape per detection")
@@ -142,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the recipe in CONFIG (TOML); writes config, log, metrics.jsonl and best.pt into --out.")
     t.add_argument("config", type=Path)
     t.add_argument("-o", "--out", type=Path, required=True, help="run folder")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe setting, e.g. --set train.seed=1 (repeatable)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export a checkpoint to an ONNX model folder",
@@ -151,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amibr", type=Path, default=SHARED / "ami-br", help="AMi-Br folder (patches for the parity check)")
     e.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
     e.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("stain-survey", help="measure the stain vectors of the training slides (for stain augmentation)",
+                       description="Macenko H and E vectors and densities per training slide, summarised per source; "
+                                   "AtNorM-Br is measured for reference only.")
+    s.add_argument("-o", "--out", type=Path, required=True, help="JSON file (configs/stain_survey.json for the recipes)")
+    s.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
+    s.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
+    s.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br", help="measured and reported, never used")
+    s.set_defaults(func=cmd_stain_survey)
 
     v = sub.add_parser("evaluate", help="evaluate a model on held-out fields and slides",
                        description="Runs the full runtime path on each field; FROC, HPF-equivalent F1, AUC, bootstrap intervals.")
@@ -163,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold", type=float, default=None, help="operating threshold (default: the model's)")
     v.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     v.add_argument("--limit", type=int, default=None, help="fields per split (quick checks)")
+    add_robustness_options(v)
     v.add_argument("-o", "--out", type=Path, required=True, help="folder for evaluation.json and evaluation.md")
     v.set_defaults(func=cmd_evaluate)
     return p

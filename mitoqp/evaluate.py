@@ -37,23 +37,61 @@ class FieldOutcome:
     match: Match
     cand_label: np.ndarray  # +1 positive candidate, 0 negative, -1 neither (near a figure, not its nearest)
     area_mm2: float  # the field's area
+    atypical: np.ndarray | None = None  # per candidate, with a subtype head
 
 
-def run_fields(fields: list[Field], model: Model) -> list[FieldOutcome]:
+def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
     """Every candidate's score on every field, through the runtime path."""
     out = []
+    opts = Options(threshold=0.0, use_tissue_mask=False, workers=1, stain_normalise=stain_normalise)
     for f in fields:
+        opts.mpp = f.mpp
         with ImageField(f.path) as slide:
-            res = analyse_slide(slide, model, Options(mpp=f.mpp, threshold=0.0, use_tissue_mask=False, workers=1))
+            res = analyse_slide(slide, model, opts)
             w, h = slide.info.dimensions
         radius = MATCH_RADIUS_UM / f.mpp
         m = match_detections(res.xy, res.scores, f.figures, radius, f.lookalikes)
         pos, neg = label_candidates(res.xy, f.figures, radius)
-        out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2))
+        out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2,
+                                res.atypical))
     return out
 
 
-def summarise(outs: list[FieldOutcome], threshold: float, reps: int) -> dict:
+def subtype_summary(outs: list[FieldOutcome], threshold: float, atypical_threshold: float) -> dict:
+    """Atypical vs normal on each field's own (centre) figure, at the candidate nearest it within the match radius.
+
+    Balanced accuracy over all such figures, and over those the detector also keeps at `threshold`.
+    """
+    truth, score, kept = [], [], []
+    for o in outs:
+        if o.atypical is None or not len(o.xy):
+            continue
+        img_c = np.array([64.0, 64.0]) if o.field.dataset in ("MIDOG21", "TUPAC16", "atnorm-br") else None
+        if img_c is None:
+            continue
+        d = np.hypot(*(o.xy - img_c).T)
+        i = int(np.argmin(d))
+        if d[i] <= MATCH_RADIUS_UM / o.field.mpp:
+            truth.append(o.field.atypical)
+            score.append(float(o.atypical[i]))
+            kept.append(o.scores[i] >= threshold)
+    if not truth:
+        return {}
+    truth, score, kept = np.array(truth), np.array(score), np.array(kept)
+
+    def bacc(sel):
+        t, pred = truth[sel], score[sel] >= atypical_threshold
+        if t.all() or not t.any():
+            return float("nan")
+        return float(0.5 * (pred[t].mean() + (~pred[~t]).mean()))
+
+    every = np.ones(len(truth), bool)
+    return {"figures": int(len(truth)), "atypical": int(truth.sum()), "balanced_accuracy": bacc(every),
+            "auc": roc_auc(truth, score), "detected_figures": int(kept.sum()), "balanced_accuracy_detected": bacc(kept),
+            "atypical_threshold": atypical_threshold}
+
+
+def summarise(outs: list[FieldOutcome], threshold: float, reps: int, atypical_threshold: float = 0.5) -> dict:
     area = sum(o.area_mm2 for o in outs)
     matches = [o.match for o in outs]
     op = operating_point(matches, area, threshold)
@@ -109,6 +147,7 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int) -> dict:
         "froc_recall_at_fp_per_mm2": froc_table,
         "candidate_sensitivity": sens,
         "candidates_per_field": float(np.mean([len(o.xy) for o in outs])) if outs else 0.0,
+        "subtype": subtype_summary(outs, threshold, atypical_threshold),
     }
 
 
@@ -127,13 +166,13 @@ def padding_check(outs: list[FieldOutcome], model: Model, seed: int = 0) -> dict
         if not len(pos) or not border_boxes:
             continue
         patches = extract_patches(o.field.image(), pos, size)
-        plain.append(model.backend.predict(patches))
+        plain.append(model.backend.predict(patches)[:, 0])
         for p in patches:
             x0, y0, x1, y1 = border_boxes[rng.integers(len(border_boxes))]
             keep = p[y0:y1, x0:x1].copy()
             p[:] = PAD_VALUE
             p[y0:y1, x0:x1] = keep
-        padded.append(model.backend.predict(patches))
+        padded.append(model.backend.predict(patches)[:, 0])
     if not plain:
         return {}
     a, b = np.concatenate(plain), np.concatenate(padded)
@@ -142,7 +181,8 @@ def padding_check(outs: list[FieldOutcome], model: Model, seed: int = 0) -> dict
             "mean_abs_change": float(np.abs(a - b).mean()), "decisions_changed": int(((a >= t) != (b >= t)).sum())}
 
 
-def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_mpp: float) -> list[dict]:
+def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_mpp: float,
+                    stain_normalise: bool = False) -> list[dict]:
     """Detections per mm^2 of tissue; on slides the model took negatives from, only the held-out part."""
     import shapely
 
@@ -161,7 +201,8 @@ def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_
                 w, h = slide.info.dimensions
                 roi = shapely.box(0, 0, w, h).difference(training_region(w, h, entry["train_region"]))
                 part = "held-out part"
-            res = analyse_slide(slide, model, Options(mpp=mpp or fallback_mpp, threshold=threshold, roi=roi))
+            res = analyse_slide(slide, model, Options(mpp=mpp or fallback_mpp, threshold=threshold, roi=roi,
+                                                      stain_normalise=stain_normalise))
         area = res.analysed_area_mm2
         rows.append({"slide": p.name, "part": part, "mpp": res.mpp,
                      "mpp_from": "metadata" if slide.info.mpp else "assumed",
@@ -201,6 +242,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{r['froc_recall_at_fp_per_mm2'][str(level)]:.3f}" for level in FROC_LEVELS) + " |")
     lines += ["", "Look-alikes: false detections on labelled MIDOG21 look-alikes: " + ", ".join(
         f"{n} {r['operating_point']['fp_on_lookalikes']}" for n, r in report["sets"].items())]
+    subtype = {n: r["subtype"] for n, r in report["sets"].items() if r.get("subtype")}
+    if subtype:
+        lines += ["", "Subtype (atypical vs normal) of each field's own figure, at its nearest candidate:", "",
+                  "| set | figures (atypical) | balanced accuracy | AUC | detected figures | balanced accuracy on those |",
+                  "|---|---|---|---|---|---|"]
+        for n, st in subtype.items():
+            lines.append(f"| {n} | {st['figures']} ({st['atypical']}) | {st['balanced_accuracy']:.3f} | {st['auc']:.3f} | "
+                         f"{st['detected_figures']} | {st['balanced_accuracy_detected']:.3f} |")
     if report.get("padding"):
         pc = report["padding"]
         lines += ["", f"Padding check (validation positives given a negative's padding): mean score {pc['mean_score']:.3f} -> "
@@ -215,7 +264,7 @@ def markdown(report: dict) -> str:
 
 
 def evaluate_main(args) -> dict:
-    model = load_model(args.model)
+    model = load_model(args.model, tta=args.tta)
     threshold = model.threshold if args.threshold is None else args.threshold
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     sets: dict[str, list[Field]] = {}
@@ -228,19 +277,21 @@ def evaluate_main(args) -> dict:
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     t0 = time.time()
-    outcomes = {k: run_fields(v, model) for k, v in sorted(sets.items())}
-    report = {"model": {"id": model.id, "sha256": model.sha256}, "threshold": threshold,
+    outcomes = {k: run_fields(v, model, args.stain_normalise) for k, v in sorted(sets.items())}
+    report = {"model": {"id": model.id, "sha256": model.sha256, "macs_per_patch": model.config.get("macs_per_patch")},
+              "options": {"tta": args.tta, "stain_normalise": args.stain_normalise}, "threshold": threshold,
               "figure_density_per_mm2": MIDOG21_FIGURES_PER_MM2, "sets": {}}
     for split in ("validation", "test"):
         pooled = [o for k, v in outcomes.items() if k.startswith(split + "/") for o in v]
         if pooled:
             outcomes[f"{split}/all"] = pooled
     for k in sorted(outcomes):
-        report["sets"][k] = summarise(outcomes[k], threshold, args.bootstrap)
+        report["sets"][k] = summarise(outcomes[k], threshold, args.bootstrap, model.atypical_threshold)
     if "validation/all" in outcomes:
         report["padding"] = padding_check(outcomes["validation/all"], model)
     slides = args.slides if args.slides is not None else sorted((Path(args.amibr).parent / "slides").glob("*.svs"))
-    report["slides"] = evaluate_slides([Path(s) for s in slides], model, threshold, 0.5) if slides else []
+    report["slides"] = (evaluate_slides([Path(s) for s in slides], model, threshold, 0.5, args.stain_normalise)
+                        if slides else [])
     report["seconds"] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "evaluation.json", report)

@@ -20,6 +20,7 @@ from mitoqp.patches import extract_patches
 from mitoqp.runtime.model import Model
 from mitoqp.slide import Slide, SlideError
 from mitoqp.stain import hematoxylin, inverse_stain_matrix, macenko_vectors, stain_matrix
+from mitoqp.stain_normalise import StainNormaliser, tissue_pixels
 from mitoqp.stream import Plan, Window, choose_level, plan_windows, stream_windows
 from mitoqp.tissue import TissueMask, detect_tissue
 
@@ -36,6 +37,7 @@ class Options:
     stain: str = "ruifrok"  # or "macenko": per-slide vectors
     roi: shapely.Geometry | None = None
     use_tissue_mask: bool = True
+    stain_normalise: bool = False  # Macenko-normalise patches to the model's training reference
 
 
 @dataclass
@@ -50,6 +52,7 @@ class SlideResult:
     candidates: int
     windows: int
     timings: dict = field(default_factory=dict)
+    atypical: np.ndarray | None = None  # (N,) probability that the figure is atypical; None without a subtype head
 
     @property
     def detected(self) -> np.ndarray:
@@ -58,6 +61,12 @@ class SlideResult:
     @property
     def count(self) -> int:
         return int(self.detected.sum())
+
+    def atypical_count(self, threshold: float) -> int | None:
+        """Detected figures whose atypical score reaches `threshold`; None without a subtype head."""
+        if self.atypical is None:
+            return None
+        return int((self.detected & (self.atypical >= threshold)).sum())
 
     def hotspot_count(self, area_mm2: float = HOTSPOT_MM2) -> int:
         """Most detections inside any circle of `area_mm2` centred on a detection."""
@@ -105,10 +114,11 @@ class Prepared:
     plan: Plan
     stain_from_od: np.ndarray | None
     timings: dict
+    normaliser: StainNormaliser | None = None
 
 
-def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options) -> Prepared:
-    """Resolution, tissue mask (with the ROI), stain vectors and the window plan of a slide."""
+def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options, stain_reference: dict | None = None) -> Prepared:
+    """Resolution, tissue mask (with the ROI), stain vectors, the normaliser and the window plan of a slide."""
     timings: dict[str, float] = defaultdict(float)
     t = time.perf_counter()
     mpp = resolve_mpp(slide, opts.mpp)
@@ -137,7 +147,17 @@ def prepare(slide: Slide, model_mpp: float, halo: int, opts: Options) -> Prepare
     work_mpp = mpp * slide.info.level_downsamples[level] / resample
     keep = tissue.any_in if tissue is not None else None
     plan = plan_windows(slide, level, resample, halo, opts.window_px, keep)
-    return Prepared(mpp, work_mpp, tissue, analysed, plan, stain_from_od, timings)
+    normaliser = None
+    if opts.stain_normalise:
+        if not stain_reference:
+            raise ValueError("this model has no stain reference for --stain-normalise (export it with this version)")
+        t = time.perf_counter()
+        try:
+            normaliser = StainNormaliser.fit(tissue_pixels(slide, level, tissue), stain_reference)
+        except ValueError as exc:
+            raise SlideError(f"cannot normalise the stain of {slide.info.path}: {exc}") from None
+        timings["stain_normalise"] = time.perf_counter() - t
+    return Prepared(mpp, work_mpp, tissue, analysed, plan, stain_from_od, timings, normaliser)
 
 
 def coarsest_tile(slide: Slide) -> np.ndarray:
@@ -174,40 +194,48 @@ def halo_for(patch: int, params: CandidateParams, work_mpp_guess: float = 0.25) 
 
 def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
     params = model.candidates
-    prep = prepare(slide, model.mpp, halo_for(model.patch, params, model.mpp), opts)
+    prep = prepare(slide, model.mpp, halo_for(model.patch, params, model.mpp), opts, model.stain_reference)
     timings = prep.timings
     threshold = model.threshold if opts.threshold is None else float(opts.threshold)
+    outputs = 2 if model.has_subtype else 1
     xy_parts, score_parts, area_parts = [], [], []
     n_cands = 0
     for win, cands in window_candidates(slide, prep, params, opts.workers):
         n_cands += len(cands)
-        score_parts.append(score_candidates(win.rgb, cands, model, opts.batch_size, timings))
+        score_parts.append(score_candidates(win.rgb, cands, model, opts.batch_size, timings, prep.normaliser)[:, :outputs])
         xy_parts.append(win.to_level0(cands.xy))
         area_parts.append(cands.area_um2)
 
     t = time.perf_counter()
     xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
-    scores = np.concatenate(score_parts + [np.zeros(0)])
+    out = np.concatenate(score_parts + [np.zeros((0, outputs), np.float32)])
     areas = np.concatenate(area_parts + [np.zeros(0)])
     # one figure, one detection: split telophase halves and blob groups cut by a window seam merge here
-    kept = suppress_duplicates(xy, scores, max(model.nms_um, params.merge_um) / prep.mpp)
-    xy, scores, areas = xy[kept], scores[kept], areas[kept]
+    kept = suppress_duplicates(xy, out[:, 0], max(model.nms_um, params.merge_um) / prep.mpp)
+    xy, out, areas = xy[kept], out[kept], areas[kept]
     if opts.roi is not None and len(xy):
         inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])
-        xy, scores, areas = xy[inside], scores[inside], areas[inside]
+        xy, out, areas = xy[inside], out[inside], areas[inside]
     timings["merge"] = time.perf_counter() - t
-    return SlideResult(xy, scores, areas, threshold, prep.mpp, prep.tissue, prep.analysed_mm2, n_cands,
-                       len(prep.plan.windows), dict(timings))
+    return SlideResult(xy, out[:, 0], areas, threshold, prep.mpp, prep.tissue, prep.analysed_mm2, n_cands,
+                       len(prep.plan.windows), dict(timings), out[:, 1] if outputs == 2 else None)
 
 
-def score_candidates(rgb: np.ndarray, cands: Candidates, model: Model, batch: int, timings: dict) -> np.ndarray:
-    out = np.empty(len(cands), np.float32)
+def score_candidates(rgb: np.ndarray, cands: Candidates, model: Model, batch: int, timings: dict,
+                     normaliser: StainNormaliser | None = None) -> np.ndarray:
+    """(N, K) model outputs for the candidates of one window, in batches."""
+    out = None
     buf = np.empty((min(batch, max(len(cands), 1)), model.patch, model.patch, 3), np.uint8)
     for i in range(0, len(cands), batch):
         t = time.perf_counter()
         part = extract_patches(rgb, cands.xy[i:i + batch], model.patch, buf[: min(batch, len(cands) - i)])
+        if normaliser is not None:
+            part = normaliser(part)
         t2 = time.perf_counter()
         timings["patches"] += t2 - t
-        out[i:i + batch] = model.backend.predict(part)
+        pred = model.backend.predict(part)
+        if out is None:
+            out = np.empty((len(cands), pred.shape[1]), np.float32)
+        out[i:i + batch] = pred
         timings["model"] += time.perf_counter() - t2
-    return out
+    return out if out is not None else np.zeros((0, 2), np.float32)

@@ -18,6 +18,9 @@ from mitoqp.io_utils import atomic_path
 
 CLASS_NAME = "Mitotic figure"
 CLASS_COLOR = [255, 0, 0]
+# with a subtype head every figure is one of these two
+ATYPICAL_CLASS = ("Mitotic figure (atypical)", [255, 0, 255])
+NORMAL_CLASS = ("Mitotic figure (normal)", [255, 128, 0])
 CIRCLE_VERTICES = 32
 
 
@@ -28,22 +31,33 @@ def circle(x: float, y: float, r: float, n: int = CIRCLE_VERTICES) -> list[list[
 
 
 def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray, mpp: float,
-                       shape: str = "circle") -> Iterator[dict]:
-    """One Feature per detection, lazily; `shape` is "circle" (extent of the blob) or "point"."""
-    for (x, y), s, a in zip(np.asarray(xy, float), np.asarray(scores, float), np.asarray(area_um2, float)):
+                       shape: str = "circle", atypical: np.ndarray | None = None,
+                       atypical_threshold: float = 0.5) -> Iterator[dict]:
+    """One Feature per detection, lazily; `shape` is "circle" (extent of the blob) or "point".
+
+    With `atypical` scores each figure is classed atypical or normal at `atypical_threshold`
+    and carries an `atypical_score` measurement.
+    """
+    subtype = np.full(len(scores), np.nan) if atypical is None else np.asarray(atypical, float)
+    for (x, y), s, a, at in zip(np.asarray(xy, float), np.asarray(scores, float), np.asarray(area_um2, float), subtype):
         if shape == "point":
             geom = {"type": "Point", "coordinates": [round(float(x), 2), round(float(y), 2)]}
         else:
             r_px = max(np.sqrt(a / np.pi) / mpp, 2.0)
             geom = {"type": "Polygon", "coordinates": [circle(x, y, r_px)]}
+        name, color = CLASS_NAME, CLASS_COLOR
+        measurements = {"score": round(float(s), 5), "area_um2": round(float(a), 3)}
+        if not np.isnan(at):
+            name, color = ATYPICAL_CLASS if at >= atypical_threshold else NORMAL_CLASS
+            measurements["atypical_score"] = round(float(at), 5)
         yield {
             "type": "Feature",
             "id": str(uuid.uuid4()),
             "geometry": geom,
             "properties": {
                 "objectType": "detection",
-                "classification": {"name": CLASS_NAME, "color": CLASS_COLOR},
-                "measurements": {"score": round(float(s), 5), "area_um2": round(float(a), 3)},
+                "classification": {"name": name, "color": color},
+                "measurements": measurements,
             },
         }
 

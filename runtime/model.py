@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mitoqp.candidates import CandidateParams
-from mitoqp.runtime.backend import Backend, make_backend
+from mitoqp.runtime.backend import Backend, DihedralTTA, make_backend
 
 
 @dataclass
@@ -43,6 +43,20 @@ class Model:
         return float(self.config.get("nms_um", self.candidates.merge_um))
 
     @property
+    def has_subtype(self) -> bool:
+        """Whether the model also scores atypical vs normal (a second output)."""
+        return "atypical" in self.config.get("outputs", [])
+
+    @property
+    def atypical_threshold(self) -> float:
+        return float(self.config.get("atypical_threshold", 0.5))
+
+    @property
+    def stain_reference(self) -> dict | None:
+        """Macenko H and E vectors and densities of the training data: the target of --stain-normalise."""
+        return self.config.get("stain_reference")
+
+    @property
     def candidates(self) -> CandidateParams:
         return CandidateParams(**self.config.get("candidates", {}))
 
@@ -62,8 +76,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(directory: Path | None = None, backend: str = "onnxruntime", threads: int = 0, verify: bool = True) -> Model:
-    """Load an exported model folder; checks the ONNX file against the hash in its config."""
+def load_model(directory: Path | None = None, backend: str = "onnxruntime", threads: int = 0, verify: bool = True,
+               tta: int = 1) -> Model:
+    """Load an exported model folder; checks the ONNX file against the hash in its config.
+
+    `tta` > 1 averages the outputs over that many dihedral views of each patch.
+    """
     directory = Path(directory) if directory else default_model_dir()
     cfg_path, onnx_path = directory / "model.json", directory / "model.onnx"
     if not cfg_path.exists() or not onnx_path.exists():
@@ -77,4 +95,5 @@ def load_model(directory: Path | None = None, backend: str = "onnxruntime", thre
             raise ValueError(f"model config {cfg_path} lacks {key!r}")
     if verify and sha256_file(onnx_path) != config["onnx_sha256"]:
         raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
-    return Model(directory, config, make_backend(backend, onnx_path, threads))
+    runner = make_backend(backend, onnx_path, threads)
+    return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)

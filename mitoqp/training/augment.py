@@ -1,12 +1,17 @@
 """Training augmentation on uint8 crops, batched in torch.
 
-Random centre jitter, flips and right-angle rotations, HED-space stain
-jitter (scale and shift of each stain's density, Tellez et al. 2018) and
-brightness/contrast. Positives also get the padding geometry of random
-negatives, so the classifier cannot tell the classes by their borders.
+Random centre jitter, flips and right-angle rotations, stain augmentation and
+brightness/contrast. Stain augmentation is either HED-space jitter (scale and
+shift of each stain's density, Tellez et al. 2018) or `MacenkoStainAugment`,
+which draws new H and E vectors and densities from the spread measured on the
+real training slides (`mitoqp stain-survey`), widened by a factor. Positives
+also get the padding geometry of random negatives, so the classifier cannot
+tell the classes by their borders.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +54,57 @@ def hed_jitter(x: torch.Tensor, sigma: float, bias: float, gen: torch.Generator)
     return torch.clamp(255.0 * torch.pow(10.0, -od), 0, 255)
 
 
+class MacenkoStainAugment:
+    """Recolour each sample with H and E vectors and densities drawn around the training slides' own.
+
+    Densities are taken with the training mean vectors, scaled by a draw from the
+    slides' spread of 99th-percentile densities, and recomposed with vectors drawn
+    from the slides' spread of Macenko vectors; both spreads are multiplied by `exceed`.
+    """
+
+    def __init__(self, survey: dict, exceed: float):
+        t = survey["training"]
+        self.h_mean, self.e_mean = torch.tensor(t["h_mean"]), torch.tensor(t["e_mean"])
+        self.h_std, self.e_std = torch.tensor(t["h_std"]) * exceed, torch.tensor(t["e_std"]) * exceed
+        self.log_scale_std = torch.tensor(t["log_max_conc_std"]) * exceed
+        ref = stain_matrix(np.array([t["h_mean"], t["e_mean"]]))
+        self.stain_from_od = torch.tensor(np.linalg.inv(ref), dtype=torch.float32)
+
+    def draw_matrices(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """(n, 3, 3) rgb-from-stain matrices: H, E drawn, and their normalised cross product."""
+        h = (self.h_mean + torch.randn(n, 3, generator=gen) * self.h_std).abs()
+        e = (self.e_mean + torch.randn(n, 3, generator=gen) * self.e_std).abs()
+        h, e = F.normalize(h, dim=1), F.normalize(e, dim=1)
+        return torch.stack([h, e, F.normalize(torch.linalg.cross(h, e), dim=1)], dim=1)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        od = -torch.log10(torch.clamp(x, min=1.0) / 255.0)
+        stains = torch.einsum("nchw,cs->nshw", od, self.stain_from_od)
+        scale = torch.ones(n, 3, 1, 1)
+        scale[:, :2, 0, 0] = torch.exp(torch.randn(n, 2, generator=gen) * self.log_scale_std)
+        new = torch.einsum("nshw,nsc->nchw", stains * scale, self.draw_matrices(n, gen))
+        background = od.sum(1, keepdim=True) < 0.05  # glass and padding stay as they are
+        new = torch.where(background, od, new)
+        return torch.clamp(255.0 * torch.pow(10.0, -new), 0, 255)
+
+
+def stain_augmenter(cfg: dict) -> MacenkoStainAugment | None:
+    """The recipe's Macenko augmentation (`stain_aug = "macenko"`, with its `stain_survey` file), else None."""
+    if cfg.get("stain_aug", "hed") == "hed":
+        return None
+    if cfg["stain_aug"] != "macenko":
+        raise ValueError(f"train.stain_aug must be hed or macenko, not {cfg['stain_aug']!r}")
+    import json
+
+    path = cfg.get("stain_survey", "configs/stain_survey.json")
+    try:
+        survey = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the stain survey {path} (make it with mitoqp stain-survey): {exc}") from None
+    return MacenkoStainAugment(survey, float(cfg.get("stain_exceed", 1.5)))
+
+
 def lowres_jitter(x: torch.Tensor, p: float, max_factor: float, gen: torch.Generator) -> torch.Tensor:
     """Blur a share `p` of the batch as a scan at up to `max_factor` times coarser resolution would be (20x optics)."""
     if p <= 0:
@@ -64,7 +120,8 @@ def lowres_jitter(x: torch.Tensor, p: float, max_factor: float, gen: torch.Gener
     return x
 
 
-def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Generator, gen: torch.Generator,
+                  stain: MacenkoStainAugment | None = None) -> torch.Tensor:
     """(N, S, S, 3) uint8 -> (N, 3, patch, patch) float 0..255, augmented."""
     n, s = crops.shape[0], crops.shape[1]
     jitter = (s - patch) // 2
@@ -75,7 +132,7 @@ def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Gener
         c = np.rot90(c, rng.integers(4))
         out[i] = c[:, ::-1] if rng.random() < 0.5 else c
     x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
-    x = hed_jitter(x, cfg.get("stain_sigma", 0.05), cfg.get("stain_bias", 0.05), gen)
+    x = stain(x, gen) if stain is not None else hed_jitter(x, cfg.get("stain_sigma", 0.05), cfg.get("stain_bias", 0.05), gen)
     x = lowres_jitter(x, cfg.get("lowres_p", 0.0), cfg.get("lowres_factor", 2.0), gen)
     bright = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("brightness", 0.1) * 255
     contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("contrast", 0.1)

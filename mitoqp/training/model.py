@@ -1,7 +1,12 @@
-"""The baseline classifier: a compact residual CNN sized for CPU inference.
+"""The classifier: a compact residual CNN sized for CPU inference, with MitDet's options.
 
 Input: float32 (N, 3, P, P) RGB in 0..255 (normalisation is inside the
-graph, so every backend feeds raw pixels). Output: (N,) mitosis probability.
+graph, so every backend feeds raw pixels). `forward` gives (N,) mitosis
+probabilities, or (N, 2) [mitosis, atypical] when the model has a subtype head.
+
+Options (all off in the baseline): squeeze-excitation attention in every
+residual block, EFDMix after the stem and the first stage (training only), a
+child-class head for InCDP and a subtype head (atypical vs normal figure).
 """
 
 from __future__ import annotations
@@ -10,13 +15,55 @@ import torch
 from torch import nn
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al. 2018): reweights channels by their pooled response."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(4, channels // reduction)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean(dim=(2, 3)))[:, :, None, None]
+
+
+class EFDMix(nn.Module):
+    """Exact feature distribution mixing (Zhang et al. 2022; MitDet eq. 6), a training-time style augmentation.
+
+    Each sample's channel values, kept in their rank order, are moved towards the
+    sorted values of another sample in the batch: w = u + (1 - mu) * (v_sorted[rank(u)] - <u>),
+    with <.> the stop-gradient and mu ~ Beta(alpha, alpha) per sample. Identity in eval mode.
+    """
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1):
+        super().__init__()
+        self.p, self.alpha = p, alpha
+
+    def mix(self, x: torch.Tensor, mu: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        flat = x.reshape(n, c, h * w)
+        values, order = torch.sort(flat, dim=-1)
+        rank = order.argsort(dim=-1)
+        matched = values[perm].gather(-1, rank)
+        out = flat + (1 - mu.reshape(n, 1, 1)) * (matched - flat.detach())
+        return out.reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0 or x.shape[0] < 2 or torch.rand(1).item() > self.p:
+            return x
+        mu = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0],)).to(x)
+        return self.mix(x, mu, torch.randperm(x.shape[0], device=x.device))
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, se: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
         )
+        if se:
+            self.body.append(SqueezeExcite(cout))
         self.skip = (
             nn.Identity() if stride == 1 and cin == cout
             else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -30,24 +77,46 @@ class ResidualBlock(nn.Module):
 class CompactResNet(nn.Module):
     """Stem at 1/2 resolution, then stages that halve resolution and widen."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 24, 48, 96), mean: float = 0.5, std: float = 0.25):
+    def __init__(self, widths: tuple[int, ...] = (16, 24, 48, 96), mean: float = 0.5, std: float = 0.25,
+                 se: bool = False, efdmix_p: float = 0.0, efdmix_alpha: float = 0.1,
+                 child_classes: int = 0, subtype: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages = []
         for cin, cout in zip(widths[:-1], widths[1:]):
-            stages += [ResidualBlock(cin, cout, 2), ResidualBlock(cout, cout, 1)]
+            stages += [ResidualBlock(cin, cout, 2, se), ResidualBlock(cout, cout, 1, se)]
+        if efdmix_p > 0:  # after the stem and after the first stage, where style lives (EFDMix paper)
+            stages = [EFDMix(efdmix_p, efdmix_alpha), *stages[:2], EFDMix(efdmix_p, efdmix_alpha), *stages[2:]]
         self.stages = nn.Sequential(*stages)
+        self.embed_dim = widths[-1]
         self.head = nn.Linear(widths[-1], 1)
+        self.child_head = nn.Linear(widths[-1], child_classes) if child_classes else None
+        self.subtype_head = nn.Linear(widths[-1], 1) if subtype else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) pooled features: what the centre loss pulls together and k-means clusters."""
+        x = (x - self.mean) * self.scale
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+    def heads(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"parent": self.head(z).squeeze(1)}
+        if self.child_head is not None:
+            out["child"] = self.child_head(z)
+        if self.subtype_head is not None:
+            out["subtype"] = self.subtype_head(z).squeeze(1)
+        return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) * self.scale
-        x = self.stages(self.stem(x))
-        return self.head(x.mean(dim=(2, 3))).squeeze(1)
+        return self.head(self.embed(x)).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        z = self.embed(x)
+        p = torch.sigmoid(self.head(z).squeeze(1))
+        if self.subtype_head is None:
+            return p
+        return torch.stack([p, torch.sigmoid(self.subtype_head(z).squeeze(1))], dim=1)
 
 
 def count_macs(model: nn.Module, size: int) -> int:
@@ -69,5 +138,9 @@ def count_macs(model: nn.Module, size: int) -> int:
     return macs
 
 
-def build_model(cfg: dict) -> CompactResNet:
-    return CompactResNet(tuple(cfg.get("widths", (16, 24, 48, 96))))
+def build_model(cfg: dict, child_classes: int | None = None) -> CompactResNet:
+    """The model a recipe's [model] table describes; `child_classes` as the checkpoint or the sampler set it."""
+    return CompactResNet(tuple(cfg.get("widths", (16, 24, 48, 96))), se=bool(cfg.get("se", False)),
+                         efdmix_p=float(cfg.get("efdmix_p", 0.0)), efdmix_alpha=float(cfg.get("efdmix_alpha", 0.1)),
+                         child_classes=int(child_classes if child_classes is not None else cfg.get("child_classes", 0)),
+                         subtype=bool(cfg.get("subtype", False)))

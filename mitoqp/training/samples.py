@@ -30,10 +30,13 @@ class SampleSet:
     field_index: np.ndarray  # (N,)
     xy: np.ndarray  # (N, 2) crop centres in their field (or slide, level 0)
     from_slide: np.ndarray | None = None  # (N,) negatives taken from whole slides
+    atypical: np.ndarray | None = None  # (N,) int8 subtype of a positive: 1 atypical, 0 normal, -1 unknown
 
     def __post_init__(self) -> None:
         if self.from_slide is None:
             self.from_slide = np.zeros(len(self.labels), bool)
+        if self.atypical is None:
+            self.atypical = np.full(len(self.labels), -1, np.int8)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,7 +70,7 @@ def build_samples(
     fields: list[Field], params: CandidateParams, crop: int, radius_px: float, add_missed: bool = True
 ) -> SampleSet:
     """Samples of every field; `add_missed` adds figures no candidate found, at their annotated centre."""
-    crops, labels, looks, valid, owner, allxy = [], [], [], [], [], []
+    crops, labels, looks, valid, owner, allxy, subtype = [], [], [], [], [], [], []
     near_label = -1.0  # near a figure but not its nearest candidate: neither class
     for k, f in enumerate(fields):
         img = f.image()
@@ -86,19 +89,31 @@ def build_samples(
             la = cKDTree(f.lookalikes).query(xy)[0] <= radius_px
         crops.append(extract_patches(img, xy, crop))
         labels.append(np.concatenate(lab))
+        subtype.append(centre_subtype(xy, labels[-1], img.shape, f.atypical, radius_px))
         looks.append(la)
         valid.append(inside_boxes(xy, crop, img.shape[1], img.shape[0]))
         owner.append(np.full(len(xy), k))
         allxy.append(xy.reshape(-1, 2))
     return SampleSet(
         np.concatenate(crops), np.concatenate(labels).astype(np.float32), np.concatenate(looks),
-        np.concatenate(valid), np.concatenate(owner), np.concatenate(allxy),
+        np.concatenate(valid), np.concatenate(owner), np.concatenate(allxy), None, np.concatenate(subtype),
     )
+
+
+def centre_subtype(xy: np.ndarray, labels: np.ndarray, shape: tuple, atypical: bool, radius_px: float) -> np.ndarray:
+    """Subtype per sample: the field's own (centre) figure gets the field's label; every other sample -1."""
+    out = np.full(len(xy), -1, np.int8)
+    pos = np.flatnonzero(labels == 1)
+    if len(pos):
+        d = np.hypot(xy[pos, 0] - shape[1] / 2, xy[pos, 1] - shape[0] / 2)
+        if d.min() <= radius_px:
+            out[pos[np.argmin(d)]] = int(atypical)
+    return out
 
 
 def concat_samples(parts: list[SampleSet]) -> SampleSet:
     return SampleSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                       ("crops", "labels", "lookalike", "valid", "field_index", "xy", "from_slide")))
+                       ("crops", "labels", "lookalike", "valid", "field_index", "xy", "from_slide", "atypical")))
 
 
 def training_region(slide_w: int, slide_h: int, frac: list[float] | None):

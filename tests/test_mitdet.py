@@ -1,0 +1,295 @@
+"""MitDet's components on generated data: EFDMix, DGSB, the two-level loss, stain augmentation and
+normalisation, test-time augmentation, the subtype output, and a smoke run of the full recipe."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from conftest import FULL_RECIPE, ROOT, synthetic_field, synthetic_fields  # noqa: E402
+from mitoqp.cli import main  # noqa: E402
+from mitoqp.qupath_geojson import ATYPICAL_CLASS, NORMAL_CLASS, detection_features  # noqa: E402
+from mitoqp.runtime.backend import DihedralTTA, dihedral_view  # noqa: E402
+from mitoqp.runtime.model import load_model  # noqa: E402
+from mitoqp.stain import stain_matrix  # noqa: E402
+from mitoqp.stain_normalise import StainNormaliser, estimate, reference_from_images  # noqa: E402
+from mitoqp.training.augment import MacenkoStainAugment  # noqa: E402
+from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, subtype_loss  # noqa: E402
+from mitoqp.training.model import EFDMix, build_model  # noqa: E402
+from mitoqp.training.samples import SampleSet  # noqa: E402
+from mitoqp.training.sampling import dgsb_sampler, kmeans_children, label_children  # noqa: E402
+from mitoqp.training.train import apply_overrides  # noqa: E402
+
+
+# --- EFDMix ---------------------------------------------------------------------------------
+
+def test_efdmix_with_full_transfer_takes_the_other_samples_values_in_its_own_order():
+    x = torch.randn(4, 3, 5, 5)
+    perm = torch.tensor([1, 2, 3, 0])
+    out = EFDMix().mix(x, torch.zeros(4), perm)
+    flat_out, flat_x = out.reshape(4, 3, -1), x.reshape(4, 3, -1)
+    # the exact distribution (sorted values) of sample perm[i], per channel
+    torch.testing.assert_close(flat_out.sort(-1).values, flat_x[perm].sort(-1).values)
+    # the rank order of sample i is kept
+    assert torch.equal(flat_out.argsort(-1), flat_x.argsort(-1))
+
+
+def test_efdmix_weights_and_modes():
+    x = torch.randn(6, 2, 4, 4, requires_grad=True)
+    perm = torch.randperm(6)
+    torch.testing.assert_close(EFDMix().mix(x, torch.ones(6), perm), x)  # mu = 1: no mixing
+    half = EFDMix().mix(x, torch.full((6,), 0.5), perm)
+    full = EFDMix().mix(x, torch.zeros(6), perm)
+    torch.testing.assert_close(half, 0.5 * (x + full))  # linear in mu
+    full.sum().backward()
+    # eq. 6: u passes its gradient straight through (the stop-gradient cancels its subtraction),
+    # and as v it also feeds the partner whose values it lends: 1 + (1 - mu)
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+    layer = EFDMix(p=1.0).eval()
+    assert torch.equal(layer(x), x)  # identity at inference
+    assert not torch.equal(EFDMix(p=1.0).train()(x), x)
+
+
+# --- DGSB and child classes -----------------------------------------------------------------
+
+def blobs(sizes, seed=0, dim=4):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 20, (len(sizes), dim))
+    return np.concatenate([c + rng.normal(0, 0.5, (n, dim)) for c, n in zip(centres, sizes)]), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def sample_set(labels, **kw):
+    n = len(labels)
+    return SampleSet(np.zeros((n, 4, 4, 3), np.uint8), np.asarray(labels, np.float32), kw.get("lookalike", np.zeros(n, bool)),
+                     np.tile([0, 0, 4, 4], (n, 1)), np.zeros(n, int), np.zeros((n, 2)), kw.get("from_slide"), kw.get("atypical"))
+
+
+def test_dgsb_draws_each_cluster_equally_and_drops_easy_negatives():
+    feats, truth = blobs([900, 90, 10])
+    labels = np.r_[np.ones(20), np.zeros(len(feats))]
+    s = sample_set(labels)
+    prob = np.full(len(feats), 0.9)
+    easy = (truth == 0) & (np.arange(len(feats)) % 2 == 0)  # half of the big cluster is easy
+    prob[easy] = 0.1
+    sampler, info = dgsb_sampler(s, feats, prob, 3, 0.5, 0.0, seed=0)
+    assert sorted(info["clusters"]) == [10, 90, 900] and info["kept"] == len(feats) - easy.sum()
+    rng = np.random.default_rng(1)
+    drawn = np.concatenate([sampler.draw(rng, 200) for _ in range(60)])
+    neg = drawn[labels[drawn] == 0] - 20
+    share = np.bincount(truth[neg], minlength=3) / len(neg)
+    np.testing.assert_allclose(share, 1 / 3, atol=0.03)  # not 0.9 / 0.09 / 0.01
+    assert not easy[neg].any()
+    assert (labels[drawn] == 1).mean() == pytest.approx(0.5)
+
+
+def test_dgsb_keeps_a_share_of_easy_negatives_when_asked():
+    feats, _ = blobs([500, 500])
+    s = sample_set(np.r_[np.ones(5), np.zeros(len(feats))])
+    _, info = dgsb_sampler(s, feats, np.zeros(len(feats)), 2, 0.5, 0.2, seed=0)
+    assert info["hard"] == 0 and 150 < info["kept"] < 250
+
+
+def test_child_classes_from_labels_and_from_kmeans():
+    labels = np.array([1, 1, 1, 0, 0, 0, -1], np.float32)
+    s = sample_set(labels, lookalike=np.array([0, 0, 0, 1, 0, 0, 0], bool), from_slide=np.array([0, 0, 0, 0, 1, 0, 0], bool),
+                   atypical=np.array([0, 1, -1, -1, -1, -1, -1], np.int8))
+    assert label_children(s).tolist() == [0, 1, -1, 2, 3, 4, -1]
+    feats, truth = blobs([30, 30, 30, 30])
+    lab = np.where(truth < 2, 0.0, 1.0)
+    child, parent = kmeans_children(feats, lab, 2, seed=0)
+    assert parent.tolist() == [0, 0, 1, 1]
+    assert set(child[lab == 0]) == {0, 1} and set(child[lab == 1]) == {2, 3}
+    for t in range(4):  # each child class is one of the generated blobs
+        assert len(set(child[truth == t])) == 1
+
+
+# --- the two-level loss ---------------------------------------------------------------------
+
+def test_child_focal_loss_is_weighted_cross_entropy_at_gamma_zero_and_skips_unknowns():
+    logits = torch.randn(5, 4)
+    target = torch.tensor([0, 3, -1, 2, 1])
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    known = target >= 0
+    ce = torch.nn.functional.cross_entropy(logits[known], target[known], reduction="none")
+    assert child_focal_loss(logits, target, w, 0.0).item() == pytest.approx((w[target[known]] * ce).mean().item(), rel=1e-5)
+    assert child_focal_loss(logits, target, w, 2.0) < child_focal_loss(logits, target, w, 0.0)
+
+
+def test_child_weights_favour_classes_near_the_other_parent():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1.0, 0.0], [11.0, 30.0]])
+    parent = torch.tensor([0, 0, 1, 1])
+    w = child_class_weights(centres, parent)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert w[0] > w[1] and w[2] > w[3]  # child 0 sits next to child 2 (hard); 1 and 3 lie far from the other parent
+
+
+def test_center_loss_and_subtype_loss():
+    loss = CenterLoss(2, 3)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[0.0, 0, 0], [1.0, 1, 1]]))
+    feats = torch.tensor([[0.0, 0, 0], [1.0, 1, 1], [5.0, 5, 5]])
+    assert loss(feats[:2], torch.tensor([0, 1])).item() == 0
+    assert loss(feats, torch.tensor([0, 1, -1])).item() == 0  # unknown labels ignored
+    assert loss(feats[2:], torch.tensor([1])).item() == pytest.approx(0.5 * 3 * 16)
+    logits = torch.tensor([3.0, -3.0, 0.0])
+    assert subtype_loss(logits, torch.tensor([1, 0, -1]), 1.0) < subtype_loss(logits, torch.tensor([0, 1, -1]), 1.0)
+    assert subtype_loss(logits, torch.tensor([-1, -1, -1]), 1.0).item() == 0
+
+
+def test_model_options_keep_the_runtime_interface():
+    x = torch.rand(3, 3, 32, 32) * 255
+    plain = build_model({"widths": [8, 8, 16, 16]}).eval()
+    full = build_model({"widths": [8, 8, 16, 16], "se": True, "efdmix_p": 0.5, "subtype": True}, 6).eval()
+    assert plain(x).shape == (3,)
+    out = full(x)
+    assert out.shape == (3, 2) and bool(((out >= 0) & (out <= 1)).all())
+    assert full.heads(full.embed(x))["child"].shape == (3, 6)
+
+
+# --- stain augmentation and normalisation ---------------------------------------------------
+
+SURVEY = json.loads((ROOT / "configs" / "stain_survey.json").read_text())
+
+
+def test_macenko_augmentation_is_identity_without_spread_and_keeps_glass():
+    rng = np.random.default_rng(0)
+    img, _ = synthetic_field(rng, 32)
+    img[:4] = 255  # glass
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float().repeat(4, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    still = MacenkoStainAugment(SURVEY, 0.0)(x, gen)
+    assert (still - x).abs().max() < 1.0
+    moved = MacenkoStainAugment(SURVEY, 2.0)(x, gen)
+    assert (moved - x).abs().mean() > 2.0
+    assert torch.all(moved[:, :, :4] == 255)
+    assert not torch.allclose(moved[0], moved[1])  # each sample its own stain
+
+
+def stained(h_density, e_density, he):
+    od = h_density[..., None] * he[0] + e_density[..., None] * he[1]
+    return np.clip(255 * 10 ** (-od), 0, 255).round().astype(np.uint8)
+
+
+def test_stain_normalisation_maps_another_stain_back_to_the_reference():
+    rng = np.random.default_rng(0)
+    h = np.clip(rng.gamma(2.0, 0.25, (64, 64)), 0, 2)
+    e = np.clip(rng.gamma(2.0, 0.15, (64, 64)), 0, 2)
+    ref_he = stain_matrix(np.array([SURVEY["training"]["h_mean"], SURVEY["training"]["e_mean"]]))[:2]
+    other_he = stain_matrix(np.array([[0.75, 0.6, 0.28], [0.2, 0.95, 0.25]]))[:2]
+    reference = reference_from_images([stained(h, e, ref_he)])
+    recoloured = stained(h * 1.4, e * 0.8, other_he)
+    norm = StainNormaliser.fit(recoloured, reference)
+    back = norm(recoloured[None])[0]
+    target = stained(h, e, ref_he)
+    before = np.abs(recoloured.astype(float) - target).mean()
+    after = np.abs(back.astype(float) - target).mean()
+    assert after < 0.25 * before and after < 6
+    he_est, _ = estimate(recoloured)
+    assert np.degrees(np.arccos(he_est[0] @ other_he[0])) < 5  # Macenko finds the other H vector
+
+
+# --- test-time augmentation -----------------------------------------------------------------
+
+def test_dihedral_tta_is_invariant_to_rotations_and_mirrors(tiny_model_dir):
+    rng = np.random.default_rng(0)
+    patches = np.stack([synthetic_field(rng, 64)[0][16:48, 10:42] for _ in range(6)])
+    plain = load_model(tiny_model_dir).backend
+    tta = DihedralTTA(plain, 8)
+    base = tta.predict(patches)
+    for k, flip in [(1, False), (2, False), (3, True), (0, True)]:
+        np.testing.assert_allclose(tta.predict(dihedral_view(patches, k, flip)), base, atol=1e-5)
+    # without TTA the model is not invariant: the test above can fail
+    diffs = [np.abs(plain.predict(dihedral_view(patches, k, f)) - plain.predict(patches)).max() for k, f in [(1, False), (0, True)]]
+    assert max(diffs) > 1e-4
+    np.testing.assert_allclose(base, np.mean([plain.predict(dihedral_view(patches, k, f)) for k in range(4) for f in (False, True)], axis=0),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="views"):
+        DihedralTTA(plain, 3)
+
+
+# --- the subtype output ---------------------------------------------------------------------
+
+def test_geojson_classes_figures_as_atypical_or_normal():
+    feats = list(detection_features(np.array([[10.0, 10], [50, 50]]), np.array([0.9, 0.8]), np.array([20.0, 30]), 0.25,
+                                    atypical=np.array([0.7, 0.2]), atypical_threshold=0.5))
+    names = [f["properties"]["classification"]["name"] for f in feats]
+    assert names == [ATYPICAL_CLASS[0], NORMAL_CLASS[0]]
+    assert feats[0]["properties"]["classification"]["color"] == ATYPICAL_CLASS[1]
+    assert feats[1]["properties"]["measurements"]["atypical_score"] == pytest.approx(0.2)
+    plain = next(detection_features(np.array([[1.0, 1]]), np.array([0.9]), np.array([20.0]), 0.25))
+    assert plain["properties"]["classification"]["name"] == "Mitotic figure"
+    assert "atypical_score" not in plain["properties"]["measurements"]
+
+
+def test_full_recipe_smoke_run_exports_a_subtype_model(tiny_subtype_model_dir):
+    model = load_model(tiny_subtype_model_dir)
+    assert model.has_subtype and 0 < model.atypical_threshold < 1 and model.stain_reference
+    cfg = json.loads((tiny_subtype_model_dir / "model.json").read_text())
+    assert cfg["outputs"] == ["mitosis", "atypical"] and cfg["parity"]["decisions_differ"] == 0
+    assert cfg["architecture"] == "CompactResNet+SE" and cfg["recipe"]["dgsb"] is True
+    metrics = [json.loads(line) for line in (tiny_subtype_model_dir.parent / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and all("subtype_balanced_accuracy" in m and "mean_recall" in m for m in metrics)
+    log_free = torch.load(tiny_subtype_model_dir.parent / "run" / "best.pt", weights_only=False)
+    assert log_free["val_metrics"]["epoch"] > 1  # the parent-only phase is never the chosen epoch
+    assert log_free["child_classes"] == 4
+
+
+def test_run_writes_subtypes_to_geojson_and_summary(tiny_subtype_model_dir, tmp_path):
+    rng = np.random.default_rng(5)
+    tiles = [synthetic_field(rng, atypical=i % 2 == 1)[0] for i in range(4)]
+    path = tmp_path / "field.png"
+    Image.fromarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])).save(path)
+    out = tmp_path / "out"
+    args = ["run", "-q", str(path), "-o", str(out), "--model", str(tiny_subtype_model_dir), "--mpp", "0.25", "--threshold", "0.0"]
+    assert main(args) == 0
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    feats = json.loads((out / "field.geojson").read_text())["features"]
+    assert int(row["mitotic_count"]) == len(feats) > 0
+    atypical = sum(f["properties"]["classification"]["name"] == ATYPICAL_CLASS[0] for f in feats)
+    assert int(row["atypical_count"]) == atypical
+    assert float(row["atypical_fraction"]) == pytest.approx(atypical / len(feats), abs=1e-4)
+    assert all("atypical_score" in f["properties"]["measurements"] for f in feats)
+    # TTA and stain normalisation are settings of the result: a re-run with them redoes the slide
+    assert main(args + ["--tta", "8", "--stain-normalise"]) == 0
+    rec = json.loads((out / "field.result.json").read_text())
+    assert rec["status"] == "ok" and rec["settings"]["backend"].endswith("tta8") and rec["settings"]["stain_normalise"]
+
+
+def test_a_model_without_stain_reference_refuses_stain_normalise(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    cfg = json.loads((bare / "model.json").read_text())
+    cfg.pop("stain_reference", None)
+    (bare / "model.json").write_text(json.dumps(cfg))
+    img, _ = synthetic_field(np.random.default_rng(0))
+    Image.fromarray(img).save(tmp_path / "f.png")
+    assert main(["run", "-q", str(tmp_path / "f.png"), "-o", str(tmp_path / "o"), "--model", str(bare), "--mpp", "0.25",
+                 "--stain-normalise"]) == 1
+    assert "stain reference" in (tmp_path / "o" / "summary.csv").read_text()
+
+
+# --- recipe settings ------------------------------------------------------------------------
+
+def test_overrides_set_nested_values_with_toml_types():
+    cfg = apply_overrides({"train": {"seed": 0}}, ["train.seed=3", "train.select=mean_recall", "model.se=true",
+                                                    "model.widths=[8, 16]"])
+    assert cfg == {"train": {"seed": 3, "select": "mean_recall"}, "model": {"se": True, "widths": [8, 16]}}
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides({}, ["seed"])
+
+
+def test_unknown_recipe_options_are_clear_errors(tmp_path):
+    from mitoqp.training.train import train
+
+    tr, va = synthetic_fields(tmp_path, 4, "train", 0), synthetic_fields(tmp_path, 2, "validation", 1)
+    base = {"model": {"patch": 32, "widths": [8, 8, 16, 16]}, "train": {"epochs": 1, "epoch_samples": 32, "batch": 16}}
+    for key, value in (("child_classes", "clusters"), ("select", "auc"), ("stain_aug", "restain")):
+        cfg = {"model": base["model"], "train": {**base["train"], key: value}}
+        with pytest.raises(ValueError, match=key):
+            train(cfg, tr, va, tmp_path / key, log=lambda m: None)
