@@ -114,6 +114,19 @@ def cmd_stain_survey(args: argparse.Namespace) -> int:
     return one_line_errors(job)
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from mitoqp.ablation import ablation_table
+    from mitoqp.io_utils import write_text_atomic
+
+    def job():
+        table = ablation_table(args.rows)
+        if args.out:
+            write_text_atomic(args.out, table)
+        print(table, end="")
+
+    return one_line_errors(job)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mitoqp.evaluate import evaluate_main
 
@@ -185,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
     s.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br", help="measured and reported, never used")
     s.set_defaults(func=cmd_stain_survey)
+
+    a = sub.add_parser("ablation", help="one table from several evaluations (a row per recipe, seeds pooled)",
+                       description="Rows LABEL=EVAL_DIR[,EVAL_DIR...]: each folder holds one seed's evaluation.json. "
+                                   "Cells are the mean over seeds and the min-max spread.")
+    a.add_argument("rows", nargs="+", metavar="LABEL=EVAL_DIRS")
+    a.add_argument("-o", "--out", type=Path, default=None, help="markdown file to write")
+    a.set_defaults(func=cmd_ablation)
 
     v = sub.add_parser("evaluate", help="evaluate a model on held-out fields and slides",
                        description="Runs the full runtime path on each field; FROC, HPF-equivalent F1, AUC, bootstrap intervals.")

@@ -181,6 +181,26 @@ def padding_check(outs: list[FieldOutcome], model: Model, seed: int = 0) -> dict
             "mean_abs_change": float(np.abs(a - b).mean()), "decisions_changed": int(((a >= t) != (b >= t)).sum())}
 
 
+def patch_cost(outs: list[FieldOutcome], model: Model, n: int = 1024, reps: int = 3) -> dict:
+    """Milliseconds of model time per patch (best of `reps`), on real patches in batches of 256."""
+    patches = []
+    for o in outs:
+        patches.append(extract_patches(o.field.image(), o.xy, model.patch))
+        if sum(len(p) for p in patches) >= n:
+            break
+    if not patches:
+        return {}
+    batch = np.concatenate(patches)[:n]
+    model.backend.predict(batch[:256])  # warm-up
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(0, len(batch), 256):
+            model.backend.predict(batch[i:i + 256])
+        best = min(best, time.perf_counter() - t)
+    return {"patches": int(len(batch)), "ms_per_patch": 1000 * best / len(batch), "backend": model.backend.name}
+
+
 def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_mpp: float,
                     stain_normalise: bool = False) -> list[dict]:
     """Detections per mm^2 of tissue; on slides the model took negatives from, only the held-out part."""
@@ -289,6 +309,7 @@ def evaluate_main(args) -> dict:
         report["sets"][k] = summarise(outcomes[k], threshold, args.bootstrap, model.atypical_threshold)
     if "validation/all" in outcomes:
         report["padding"] = padding_check(outcomes["validation/all"], model)
+        report["patch_cost"] = patch_cost(outcomes["validation/all"], model)
     slides = args.slides if args.slides is not None else sorted((Path(args.amibr).parent / "slides").glob("*.svs"))
     report["slides"] = (evaluate_slides([Path(s) for s in slides], model, threshold, 0.5, args.stain_normalise)
                         if slides else [])

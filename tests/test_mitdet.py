@@ -293,3 +293,38 @@ def test_unknown_recipe_options_are_clear_errors(tmp_path):
         cfg = {"model": base["model"], "train": {**base["train"], key: value}}
         with pytest.raises(ValueError, match=key):
             train(cfg, tr, va, tmp_path / key, log=lambda m: None)
+
+
+# --- evaluation and the ablation table ------------------------------------------------------
+
+def fake_report(hpf_test, hpf_ext, macs=33.4e6):
+    def one(hpf):
+        return {"operating_point": {"hpf_f1": hpf}, "froc_recall_at_fp_per_mm2": {"1": hpf - 0.1, "4": hpf},
+                "candidate_sensitivity": {"7.5um": 0.98}, "subtype": {"balanced_accuracy": 0.7}}
+    return {"model": {"macs_per_patch": macs}, "sets": {"test/all": one(hpf_test), "external/atnorm-br": one(hpf_ext)},
+            "patch_cost": {"ms_per_patch": 0.5}}
+
+
+def test_ablation_table_pools_seeds(tmp_path, capsys):
+    for name, t, e in (("a0", 0.8, 0.5), ("a1", 0.9, 0.6), ("b0", 0.85, 0.7)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_text(json.dumps(fake_report(t, e)))
+    out = tmp_path / "table.md"
+    assert main(["ablation", f"baseline={tmp_path / 'a0'},{tmp_path / 'a1'}", f"full={tmp_path / 'b0'}", "-o", str(out)]) == 0
+    table = out.read_text()
+    assert "| baseline | 2 | 0.850 (0.800-0.900) | 0.750 (0.700-0.800) | 0.850 (0.800-0.900) |" in table
+    assert "| full | 1 | 0.850 |" in table and "AtNorM-Br subtype bal. acc." in table and "| 33.40 |" in table
+    assert main(["ablation", "nolabel"]) == 1 and "LABEL=EVAL_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tiny_subtype_model_dir), "--limit", "8", "--bootstrap", "0", "--slides",
+                 "--tta", "2", "-o", str(out)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    st = report["sets"]["test/all"]["subtype"]
+    assert st["figures"] > 0 and 0 <= st["auc"] <= 1
+    assert report["patch_cost"]["ms_per_patch"] > 0 and report["patch_cost"]["backend"].endswith("tta2")
+    assert report["options"] == {"tta": 2, "stain_normalise": False}
+    assert "balanced accuracy" in (out / "evaluation.md").read_text()
