@@ -61,12 +61,13 @@ def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, thresho
     }
 
 
-def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: dict | None = None) -> dict:
+def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: dict | None = None,
+                 onnx_name: str = "model.onnx") -> dict:
     """Export and check; `patches` (N, P, P, 3) uint8 are real patches for the parity check."""
     model, ckpt = load_checkpoint(checkpoint)
     patch = int(ckpt["patch"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / onnx_name
     export_onnx(model, patch, onnx_path)
     check = parity(model, onnx_path, patches, float(ckpt["threshold"]))
     if check["decisions_differ"] or check["max_abs_diff"] > 1e-4:
@@ -122,16 +123,24 @@ def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> 
     return np.concatenate(out)[:limit] if out else np.zeros((0, patch, patch, 3), np.uint8)
 
 
-def main_export(checkpoint: Path, out_dir: Path, amibr: Path | None, midog_json: Path | None) -> dict:
+def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None) -> dict:
+    """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation."""
     from mitoqp.candidates import CandidateParams
     from mitoqp.datasets import read_amibr
+    from mitoqp.export.ensemble import export_ensemble
 
-    _, ckpt = load_checkpoint(checkpoint)
+    _, ckpt = load_checkpoint(checkpoints[0])
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
     patches = parity_patches_from_fields(fields, int(ckpt["patch"]), CandidateParams(**ckpt["candidates"]))
     if len(patches) == 0:
         rng = np.random.default_rng(0)
         patches = rng.integers(0, 256, (64, int(ckpt["patch"]), int(ckpt["patch"]), 3), dtype=np.uint8)
-    config = export_model(checkpoint, out_dir, patches)
+    if len(checkpoints) > 1:
+        if not fields:
+            raise ValueError("an ensemble's thresholds are chosen on the AMi-Br validation split: give --amibr")
+        config = export_ensemble(checkpoints, out_dir, patches, fields)
+        print(json.dumps([m["parity"] for m in config["members"]]))
+        return config
+    config = export_model(checkpoints[0], out_dir, patches)
     print(json.dumps(config["parity"]))
     return config

@@ -5,7 +5,9 @@
  *
  * For each image, reads <slide name>.geojson from the folder given with -a
  * (the slide file's name without its extension, as `mitoqp run` writes it),
- * replaces earlier "Mitotic figure" detections and adds the new ones.
+ * replaces earlier mitoqp detections (classes "Mitotic figure", and with a
+ * subtype model "Mitotic figure (atypical)" and "Mitotic figure (normal)")
+ * and adds the new ones.
  * Without -a, the folder of the image itself is used.
  */
 import qupath.lib.objects.PathObject
@@ -20,8 +22,10 @@ if (!geojson.exists()) {
     println "mitoqp: no ${geojson} for ${getProjectEntry()?.getImageName() ?: stem}, skipped"
     return
 }
-def old = getDetectionObjects().findAll { PathObject p -> p.getPathClass()?.getName() == 'Mitotic figure' }
+def isMitoqp = { PathObject p -> p.getPathClass()?.getName()?.startsWith('Mitotic figure') }
+def old = getDetectionObjects().findAll(isMitoqp)
 removeObjects(old, true)
 importObjectsFromFile(geojson.getAbsolutePath())
-def n = getDetectionObjects().count { PathObject p -> p.getPathClass()?.getName() == 'Mitotic figure' }
-println "mitoqp: ${n} mitotic figures imported from ${geojson}"
+def n = getDetectionObjects().count(isMitoqp)
+def atypical = getDetectionObjects().count { PathObject p -> p.getPathClass()?.getName() == 'Mitotic figure (atypical)' }
+println "mitoqp: ${n} mitotic figures (${atypical} atypical) imported from ${geojson}"

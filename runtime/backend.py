@@ -52,6 +52,17 @@ class OnnxRuntimeBackend:
         return np.asarray(out, dtype=np.float32).reshape(len(patches), -1)
 
 
+class EnsembleBackend:
+    """The mean output of several members (each a backend of its own)."""
+
+    def __init__(self, members: list[Backend]):
+        self.members = members
+        self.name = f"{members[0].name}x{len(members)}"
+
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        return np.mean([m.predict(patches) for m in self.members], axis=0).astype(np.float32)
+
+
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # rotations by k*90 degrees, then a mirror
 
 

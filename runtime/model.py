@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mitoqp.candidates import CandidateParams
-from mitoqp.runtime.backend import Backend, DihedralTTA, make_backend
+from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, make_backend
 
 
 @dataclass
@@ -76,6 +76,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def members_sha256(shas: list[str]) -> str:
+    """An ensemble's identity: a hash of its members' hashes, in order."""
+    return hashlib.sha256("".join(shas).encode()).hexdigest()
+
+
 def load_model(directory: Path | None = None, backend: str = "onnxruntime", threads: int = 0, verify: bool = True,
                tta: int = 1) -> Model:
     """Load an exported model folder; checks the ONNX file against the hash in its config.
@@ -83,8 +88,8 @@ def load_model(directory: Path | None = None, backend: str = "onnxruntime", thre
     `tta` > 1 averages the outputs over that many dihedral views of each patch.
     """
     directory = Path(directory) if directory else default_model_dir()
-    cfg_path, onnx_path = directory / "model.json", directory / "model.onnx"
-    if not cfg_path.exists() or not onnx_path.exists():
+    cfg_path = directory / "model.json"
+    if not cfg_path.exists():
         raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and model.onnx)")
     try:
         config = json.loads(cfg_path.read_text())
@@ -93,7 +98,18 @@ def load_model(directory: Path | None = None, backend: str = "onnxruntime", thre
     for key in ("input_size", "mpp", "threshold", "onnx_sha256"):
         if key not in config:
             raise ValueError(f"model config {cfg_path} lacks {key!r}")
-    if verify and sha256_file(onnx_path) != config["onnx_sha256"]:
-        raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
-    runner = make_backend(backend, onnx_path, threads)
+    # an ensemble lists its members, each with its own hash; a plain model is model.onnx
+    members = config.get("members") or [{"file": "model.onnx", "sha256": config["onnx_sha256"]}]
+    runners = []
+    for m in members:
+        onnx_path = directory / m["file"]
+        if not onnx_path.exists():
+            raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and {m['file']})")
+        if verify and sha256_file(onnx_path) != m["sha256"]:
+            raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
+        runners.append(make_backend(backend, onnx_path, threads))
+    if verify and "members" in config:
+        if members_sha256([m["sha256"] for m in members]) != config["onnx_sha256"]:
+            raise ValueError(f"the members listed in {cfg_path} do not match its sha256")
+    runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
     return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)

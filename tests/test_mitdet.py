@@ -328,3 +328,24 @@ def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_pat
     assert report["patch_cost"]["ms_per_patch"] > 0 and report["patch_cost"]["backend"].endswith("tta2")
     assert report["options"] == {"tta": 2, "stain_normalise": False}
     assert "balanced accuracy" in (out / "evaluation.md").read_text()
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_ensemble_export_averages_members_and_checks_their_hashes(tiny_subtype_model_dir, tmp_path):
+    from mitoqp.datasets import read_amibr
+    from mitoqp.export.ensemble import export_ensemble
+    from mitoqp.patches import extract_patches
+
+    run = tiny_subtype_model_dir.parent / "run"
+    val = read_amibr(ROOT.parent / "shared" / "data" / "ami-br", None, {"validation"})[:10]
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in val])
+    cfg = export_ensemble([run / "best.pt"] * 2, tmp_path / "ens", patches, val)
+    assert len(cfg["members"]) == 2 and not (tmp_path / "ens" / "model.onnx").exists()
+    ens = load_model(tmp_path / "ens")
+    single = load_model(tiny_subtype_model_dir)
+    assert ens.has_subtype and ens.backend.name == "onnxruntimex2"
+    np.testing.assert_allclose(ens.backend.predict(patches), single.backend.predict(patches), atol=1e-5)  # same member twice
+    with open(tmp_path / "ens" / "member1.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(tmp_path / "ens")

@@ -123,3 +123,24 @@ def test_training_sees_the_candidates_the_runtime_finds():
             runtime = np.concatenate([win.to_level0(c.xy) for win, c in window_candidates(slide, prep, params, 1)])
         train_side = field_candidates(f.image(), 0.25, params)
         np.testing.assert_allclose(np.sort(train_side, axis=0), np.sort(runtime, axis=0), atol=1e-6)
+
+
+def test_samples_from_a_lab_annotated_field_image(tmp_path):
+    """A lab's own 40x field (PNG) with QuPath points trains like a slide: give its resolution."""
+    from conftest import paint_blob, stain_rgb
+    from mitoqp.candidates import CandidateParams
+    from mitoqp.datasets import read_qupath_points
+    from mitoqp.training.samples import slide_samples
+    from PIL import Image
+
+    img = np.empty((300, 400, 3), np.uint8)
+    img[:] = stain_rgb(0.02, 0.25)
+    paint_blob(img, 100, 100, 8, 8, 1.1)
+    for x, y in [(300, 80), (250, 220)]:
+        paint_blob(img, x, y, 11, 7, 0.5)
+    Image.fromarray(img).save(tmp_path / "field.png")
+    (tmp_path / "points.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [100, 100]},
+         "properties": {"classification": {"name": "Mitotic figure", "color": [255, 0, 0]}}}]}))
+    s = slide_samples(tmp_path / "field.png", 0.25, CandidateParams(), 112, figures=read_qupath_points(tmp_path / "points.geojson"))
+    assert int((s.labels == 1).sum()) == 1 and int((s.labels == 0).sum()) == 2

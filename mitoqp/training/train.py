@@ -31,8 +31,8 @@ from mitoqp.training.augment import augment_batch, center_batch, match_borders, 
 from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, focal_loss, subtype_loss
 from mitoqp.training.model import build_model, count_macs
 from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_samples
-from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, dgsb_sampler, kmeans_children, label_children,
-                                      weighted_sampler)
+from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, BatchSampler, dgsb_sampler, kmeans_children,
+                                      label_children, weighted_sampler)
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 
@@ -180,8 +180,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     if child_mode not in ("none", "labels", "kmeans"):
         raise ValueError(f"train.child_classes must be none, labels or kmeans, not {child_mode!r}")
     n_child = {"none": 0, "labels": len(LABEL_CHILDREN), "kmeans": 2 * per_parent}[child_mode]
-    dgsb = bool(t_cfg.get("dgsb", False))
-    phase1 = int(t_cfg.get("phase1_epochs", 0)) if (dgsb or child_mode == "kmeans") else 0
+    phase1 = int(t_cfg.get("phase1_epochs", 0)) if (t_cfg.get("dgsb", False) or child_mode == "kmeans") else 0
 
     model = build_model(m_cfg, n_child)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, patch) / 1e6:.1f} M MACs per patch")
@@ -189,7 +188,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     n_atyp, n_norm = int((tr.atypical == 1).sum()), int((tr.atypical == 0).sum())
     objective = Objective(
         gamma, alpha, float(t_cfg.get("center_weight", 0.0)), float(t_cfg.get("child_weight", 0.5)),
-        float(t_cfg.get("subtype_weight", 0.5)), n_norm / max(n_atyp, 1), CenterLoss(2, model.embed_dim),
+        float(t_cfg.get("subtype_weight", 0.05)), n_norm / max(n_atyp, 1), CenterLoss(2, model.embed_dim),
         CenterLoss(n_child, model.embed_dim) if n_child else None,
         torch.from_numpy(LABEL_CHILD_PARENT) if child_mode == "labels" else None)
     child = label_children(tr) if child_mode == "labels" else None
@@ -217,16 +216,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     best: dict = {select: -1.0}
     for epoch in range(1, epochs + 1):
         if phase1 and epoch == phase1 + 1:
-            feats, probs = embed_and_score(ema.module if ema is not None else model, tr.crops, patch)
-            neg = tr.labels == 0
-            if dgsb:
-                sampler, info = dgsb_sampler(tr, feats[neg], probs[neg], int(t_cfg.get("dgsb_clusters", 10)),
-                                             float(t_cfg.get("dgsb_easy_below", 0.5)), float(t_cfg.get("dgsb_easy_keep", 0.1)), seed)
-                log(f"DGSB: {info}")
-            if child_mode == "kmeans":
-                child, parent_of_child = kmeans_children(feats, tr.labels, per_parent, seed)
+            sampler, kmeans_child = second_phase(ema.module if ema is not None else model, tr, patch, t_cfg, sampler, log)
+            if kmeans_child is not None:
+                child, parent_of_child = kmeans_child
                 objective.parent_of_child = torch.from_numpy(parent_of_child)
-                log(f"InCDP child classes (k-means): {np.bincount(child[child >= 0], minlength=n_child).tolist()}")
         model.train()
         te = time.time()
         losses = []
@@ -264,6 +257,25 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             torch.save(state, run_dir / "best.pt")
     log(f"best epoch {best['epoch']} by {select}: {best[select]:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f}")
     return best
+
+
+def second_phase(model, tr: SampleSet, patch: int, t_cfg: dict, sampler: BatchSampler, log):
+    """After the parent-only epochs: DGSB's sampler and InCDP's k-means child classes from the model's features.
+
+    Returns (the sampler to use from now on, (child per sample, parent of each child) or None).
+    """
+    seed = int(t_cfg.get("seed", 0))
+    feats, probs = embed_and_score(model, tr.crops, patch)
+    neg = tr.labels == 0
+    if t_cfg.get("dgsb", False):
+        sampler, info = dgsb_sampler(tr, feats[neg], probs[neg], int(t_cfg.get("dgsb_clusters", 10)),
+                                     float(t_cfg.get("dgsb_easy_below", 0.5)), float(t_cfg.get("dgsb_easy_keep", 0.1)), seed)
+        log(f"DGSB: {info}")
+    if t_cfg.get("child_classes", "none") != "kmeans":
+        return sampler, None
+    child, parent_of_child = kmeans_children(feats, tr.labels, int(t_cfg.get("child_per_class", 4)), seed)
+    log(f"InCDP child classes (k-means): {np.bincount(child[child >= 0]).tolist()}")
+    return sampler, (child, parent_of_child)
 
 
 def stain_reference(fields: list[Field], max_fields: int = 400, seed: int = 0) -> dict | None:

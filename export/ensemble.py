@@ -1,0 +1,59 @@
+"""An ensemble model folder: several exported members whose outputs the runtime averages.
+
+Each member is exported and parity-checked on its own; the ensemble's mitosis
+threshold (best HPF-equivalent F1) and atypical threshold (best balanced
+accuracy) are chosen for the averaged output on the validation fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mitoqp.io_utils import write_json_atomic
+from mitoqp.runtime.model import members_sha256
+
+
+def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray, val_fields: list) -> dict:
+    from mitoqp.evaluate import MATCH_RADIUS_UM, run_fields
+    from mitoqp.export.onnx_export import export_model
+    from mitoqp.metrics import froc
+    from mitoqp.runtime.model import load_model
+    from mitoqp.training.train import balanced_accuracy_threshold
+
+    members = [export_model(ck, out_dir, patches, onnx_name=f"member{i}.onnx") for i, ck in enumerate(checkpoints)]
+    first = members[0]
+    for m in members[1:]:
+        for key in ("input_size", "mpp", "candidates", "nms_um", "outputs"):
+            if m[key] != first[key]:
+                raise ValueError(f"ensemble members differ in {key}: {first[key]} vs {m[key]}")
+    config = {k: v for k, v in first.items() if k not in ("parity", "validation_metrics", "onnx_sha256", "threshold",
+                                                          "atypical_threshold", "recipe")}
+    config.update(
+        id=out_dir.name, architecture=f"ensemble of {len(members)} x {first['architecture']}",
+        macs_per_patch=sum(int(m["macs_per_patch"]) for m in members),
+        members=[{"file": f"member{i}.onnx", "sha256": m["onnx_sha256"], "checkpoint": str(ck), "threshold": m["threshold"],
+                  "recipe": m.get("recipe"), "parity": m["parity"], "validation_metrics": m["validation_metrics"]}
+                 for i, (m, ck) in enumerate(zip(members, checkpoints))],
+        onnx_sha256=members_sha256([m["onnx_sha256"] for m in members]),
+        threshold=float(np.mean([m["threshold"] for m in members])),  # replaced below, on validation
+    )
+    write_json_atomic(out_dir / "model.json", config)
+    (out_dir / "model.onnx").unlink(missing_ok=True)  # a folder is one model or one ensemble, never both
+    outs = run_fields(val_fields, load_model(out_dir))
+    area = sum(o.area_mm2 for o in outs)
+    best = max(froc([o.match for o in outs], area), key=lambda p: (p["hpf_f1"], p["threshold"]))
+    config["threshold"] = float(best["threshold"])
+    config["validation_metrics"] = best
+    if "atypical" in config["outputs"]:
+        truth, score = [], []
+        for o in outs:
+            d = np.hypot(*(o.xy - 64.0).T) if len(o.xy) else np.zeros(0)
+            if len(d) and d.min() <= MATCH_RADIUS_UM / o.field.mpp:
+                truth.append(int(o.field.atypical))
+                score.append(float(o.atypical[int(np.argmin(d))]))
+        bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
+        config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
+    write_json_atomic(out_dir / "model.json", config)
+    return config
