@@ -109,6 +109,37 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     return config
 
 
+def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray) -> dict:
+    """Export a second model's subtype output into the folder of an exported detector, and list it in model.json.
+
+    The runtime then gives the detector's mitosis probability and this model's atypical one.
+    """
+    import tempfile
+
+    config = json.loads((out_dir / "model.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = export_model(subtype_checkpoint, Path(tmp), patches)
+        if "atypical" not in sub["outputs"]:
+            raise ValueError(f"{subtype_checkpoint} has no subtype head")
+        for key in ("input_size", "mpp"):
+            if sub[key] != config[key]:
+                raise ValueError(f"the subtype model differs from the detector in {key}: {sub[key]} vs {config[key]}")
+        with atomic_path(out_dir / "subtype.onnx") as target:
+            (Path(tmp) / "model.onnx").replace(target)
+    config.update(
+        outputs=["mitosis", "atypical"], class_names=["Mitotic figure (normal)", "Mitotic figure (atypical)"],
+        output="(N, 2): probability of a mitotic figure (model.onnx), probability that it is atypical (subtype.onnx)",
+        atypical_threshold=sub["atypical_threshold"],
+        macs_per_patch=int(config["macs_per_patch"]) + int(sub["macs_per_patch"]),
+        subtype_model={"file": "subtype.onnx", "sha256": sub["onnx_sha256"], "output": 1, "architecture": sub["architecture"],
+                       "checkpoint": str(subtype_checkpoint), "recipe": sub.get("recipe"), "parity": sub["parity"],
+                       "macs_per_patch": sub["macs_per_patch"],
+                       "validation_subtype_balanced_accuracy": sub["validation_metrics"].get("subtype_balanced_accuracy")},
+    )
+    write_json_atomic(out_dir / "model.json", config)
+    return config
+
+
 def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> np.ndarray:
     """Real patches around the candidates of some fields."""
     from mitoqp.training.samples import field_candidates
@@ -123,7 +154,8 @@ def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> 
     return np.concatenate(out)[:limit] if out else np.zeros((0, patch, patch, 3), np.uint8)
 
 
-def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None) -> dict:
+def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
+                subtype: Path | None = None) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation."""
     from mitoqp.candidates import CandidateParams
     from mitoqp.datasets import read_amibr
@@ -143,4 +175,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         return config
     config = export_model(checkpoints[0], out_dir, patches)
     print(json.dumps(config["parity"]))
+    if subtype is not None:
+        config = attach_subtype(out_dir, subtype, patches)
+        print(json.dumps(config["subtype_model"]["parity"]))
     return config

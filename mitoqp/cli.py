@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mitoqp.export.onnx_export import main_export
 
-    return one_line_errors(lambda: main_export(args.checkpoints, args.out, args.amibr, args.midog_json))
+    return one_line_errors(lambda: main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype))
 
 
 def cmd_stain_survey(args: argparse.Namespace) -> int:
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="ONNX (dynamic batch, opset 17) + model.json, checked against PyTorch on real patches. "
                                    "Several checkpoints make an ensemble (outputs averaged; thresholds chosen on validation).")
     e.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT")
+    e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT",
+                   help="a second model (with a subtype head) whose atypical output joins the detector's folder")
     e.add_argument("-o", "--out", type=Path, required=True, help="model folder")
     e.add_argument("--amibr", type=Path, default=SHARED / "ami-br", help="AMi-Br folder (patches for the parity check)")
     e.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")

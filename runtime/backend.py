@@ -63,6 +63,18 @@ class EnsembleBackend:
         return np.mean([m.predict(patches) for m in self.members], axis=0).astype(np.float32)
 
 
+class SubtypeJoin:
+    """A detector's mitosis probability beside a second model's atypical probability (its output `column`)."""
+
+    def __init__(self, detector: Backend, subtype: Backend, column: int = 1):
+        self.detector, self.subtype, self.column = detector, subtype, column
+        self.name = f"{detector.name}+subtype"
+
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        det = self.detector.predict(patches)[:, :1]
+        return np.concatenate([det, self.subtype.predict(patches)[:, self.column:self.column + 1]], axis=1)
+
+
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # rotations by k*90 degrees, then a mirror
 
 

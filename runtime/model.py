@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mitoqp.candidates import CandidateParams
-from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, make_backend
+from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, SubtypeJoin, make_backend
 
 
 @dataclass
@@ -23,7 +23,9 @@ class Model:
 
     @property
     def sha256(self) -> str:
-        return str(self.config["onnx_sha256"])
+        """The model's identity (a re-run redoes slides done by another): with a subtype model, of both files."""
+        sub = self.config.get("subtype_model")
+        return members_sha256([self.config["onnx_sha256"], sub["sha256"]]) if sub else str(self.config["onnx_sha256"])
 
     @property
     def patch(self) -> int:
@@ -112,4 +114,10 @@ def load_model(directory: Path | None = None, backend: str = "onnxruntime", thre
         if members_sha256([m["sha256"] for m in members]) != config["onnx_sha256"]:
             raise ValueError(f"the members listed in {cfg_path} do not match its sha256")
     runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
+    sub = config.get("subtype_model")
+    if sub:  # a second model in the folder gives the atypical probability
+        sub_path = directory / sub["file"]
+        if not sub_path.exists() or (verify and sha256_file(sub_path) != sub["sha256"]):
+            raise ValueError(f"{sub_path} is missing or does not match the sha256 in its model.json")
+        runner = SubtypeJoin(runner, make_backend(backend, sub_path, threads), int(sub.get("output", 1)))
     return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)

@@ -349,3 +349,26 @@ def test_ensemble_export_averages_members_and_checks_their_hashes(tiny_subtype_m
         f.write(b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_model(tmp_path / "ens")
+
+
+def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, tiny_subtype_model_dir, tmp_path):
+    import shutil
+
+    from mitoqp.export.onnx_export import attach_subtype
+
+    folder = tmp_path / "joined"
+    shutil.copytree(tiny_model_dir, folder)
+    rng = np.random.default_rng(0)
+    patches = np.stack([synthetic_field(rng, 64, atypical=i % 2 == 1)[0][16:48, 16:48] for i in range(8)])
+    cfg = attach_subtype(folder, tiny_subtype_model_dir.parent / "run" / "best.pt", patches)
+    assert cfg["outputs"] == ["mitosis", "atypical"] and cfg["subtype_model"]["parity"]["decisions_differ"] == 0
+    joined, det, sub = load_model(folder), load_model(tiny_model_dir), load_model(tiny_subtype_model_dir)
+    assert joined.has_subtype and joined.atypical_threshold == sub.atypical_threshold
+    out = joined.backend.predict(patches)
+    np.testing.assert_allclose(out[:, 0], det.backend.predict(patches)[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], sub.backend.predict(patches)[:, 1], atol=1e-6)
+    assert joined.sha256 != det.sha256  # a re-run redoes slides done without the subtype model
+    with open(folder / "subtype.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(folder)
