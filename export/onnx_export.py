@@ -161,12 +161,20 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     from mitoqp.datasets import read_amibr
     from mitoqp.export.ensemble import export_ensemble
 
-    _, ckpt = load_checkpoint(checkpoints[0])
+    if not checkpoints and subtype is None:
+        raise ValueError("give a checkpoint to export, or --subtype CHECKPOINT to add to the model folder in -o")
+    _, ckpt = load_checkpoint(checkpoints[0] if checkpoints else subtype)
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
     patches = parity_patches_from_fields(fields, int(ckpt["patch"]), CandidateParams(**ckpt["candidates"]))
     if len(patches) == 0:
         rng = np.random.default_rng(0)
         patches = rng.integers(0, 256, (64, int(ckpt["patch"]), int(ckpt["patch"]), 3), dtype=np.uint8)
+    if not checkpoints:  # add a subtype model to a folder exported before
+        if not (out_dir / "model.json").exists():
+            raise ValueError(f"{out_dir} holds no exported model to add a subtype model to")
+        config = attach_subtype(out_dir, subtype, patches)
+        print(json.dumps(config["subtype_model"]["parity"]))
+        return config
     if len(checkpoints) > 1:
         if not fields:
             raise ValueError("an ensemble's thresholds are chosen on the AMi-Br validation split: give --amibr")

@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a checkpoint to an ONNX model folder",
                        description="ONNX (dynamic batch, opset 17) + model.json, checked against PyTorch on real patches. "
                                    "Several checkpoints make an ensemble (outputs averaged; thresholds chosen on validation).")
-    e.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT")
+    e.add_argument("checkpoints", type=Path, nargs="*", metavar="CHECKPOINT",
+                   help="one checkpoint, several (an ensemble), or none with --subtype (added to the folder in -o)")
     e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT",
                    help="a second model (with a subtype head) whose atypical output joins the detector's folder")
     e.add_argument("-o", "--out", type=Path, required=True, help="model folder")

@@ -372,3 +372,16 @@ def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, ti
         f.write(b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_model(folder)
+
+
+def test_export_adds_a_subtype_model_to_an_exported_folder(tiny_model_dir, tiny_subtype_model_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    sub = str(tiny_subtype_model_dir.parent / "run" / "best.pt")
+    assert main(["export", "--subtype", sub, "-o", str(folder), "--amibr", str(tmp_path / "none")]) == 0
+    assert load_model(folder).has_subtype
+    assert main(["export", "-o", str(tmp_path / "empty")]) == 1
+    assert main(["export", "--subtype", sub, "-o", str(tmp_path / "empty")]) == 1
+    assert "holds no exported model" in capsys.readouterr().err
