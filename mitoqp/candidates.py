@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+
+from mitoqp.blob_kernels import dense_blobs
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,9 @@ class Candidates:
 
 def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = CandidateParams()) -> Candidates:
     """Candidates on an (H, W) hematoxylin density image of `mpp` micrometres per pixel."""
-    smooth = ndimage.gaussian_filter(h_od, params.sigma_um / mpp, mode="nearest") if params.sigma_um > 0 else h_od
-    mask = smooth > params.threshold
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    area, sx, sy = dense_blobs(h_od, params.sigma_um / mpp, params.threshold)
+    if len(area) == 0:
         return Candidates.concat([])
-    # statistics over foreground pixels only (a tenth of a tumour window or less)
-    fg = np.flatnonzero(labels)
-    lab = labels.ravel()[fg]
-    ys, xs = np.divmod(fg, labels.shape[1])
-    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
-    sx = np.bincount(lab, weights=xs, minlength=n + 1)[1:]
-    sy = np.bincount(lab, weights=ys, minlength=n + 1)[1:]
     px_area = mpp * mpp
     area_um2 = area * px_area
     keep = (area_um2 >= params.min_area_um2) & (area_um2 <= params.max_area_um2)
