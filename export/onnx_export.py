@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from mitoqp.io_utils import atomic_path, write_json_atomic
-from mitoqp.runtime.backend import OnnxRuntimeBackend, to_nchw
+from mitoqp.runtime.nchw import to_nchw
+from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from mitoqp.runtime.model import sha256_file
 from mitoqp.training.model import build_model
 
@@ -61,6 +62,16 @@ def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, thresho
     }
 
 
+def save_torch_weights(model: torch.nn.Module, ckpt: dict, onnx_path: Path) -> Path:
+    """`model.pt` beside `model.onnx`: what the torch backend runs (weights and the [model] table, no code)."""
+    path = onnx_path.with_suffix(".pt")
+    state = {k: v for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"model": ckpt["config"].get("model", {}), "child_classes": int(ckpt.get("child_classes", 0)),
+                    "state_dict": state}, tmp)
+    return path
+
+
 def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: dict | None = None,
                  onnx_name: str = "model.onnx") -> dict:
     """Export and check; `patches` (N, P, P, 3) uint8 are real patches for the parity check."""
@@ -72,6 +83,7 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     check = parity(model, onnx_path, patches, float(ckpt["threshold"]))
     if check["decisions_differ"] or check["max_abs_diff"] > 1e-4:
         raise ValueError(f"ONNX export disagrees with PyTorch: {check}")
+    torch_path = save_torch_weights(model, ckpt, onnx_path)
     cfg = ckpt["config"]
     m_cfg = cfg.get("model", {})
     subtype = getattr(model, "subtype_head", None) is not None
@@ -99,6 +111,7 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "onnx_opset": OPSET,
         "parity": check,
         "onnx_sha256": sha256_file(onnx_path),
+        "torch_sha256": sha256_file(torch_path),
     }
     if subtype and ckpt.get("atypical_threshold") is not None:
         config["atypical_threshold"] = float(ckpt["atypical_threshold"])
@@ -124,14 +137,15 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
         for key in ("input_size", "mpp"):
             if sub[key] != config[key]:
                 raise ValueError(f"the subtype model differs from the detector in {key}: {sub[key]} vs {config[key]}")
-        with atomic_path(out_dir / "subtype.onnx") as target:
-            (Path(tmp) / "model.onnx").replace(target)
+        for name in ("model.onnx", "model.pt"):
+            with atomic_path(out_dir / name.replace("model", "subtype")) as target:
+                (Path(tmp) / name).replace(target)
     config.update(
         outputs=["mitosis", "atypical"], class_names=["Mitotic figure (normal)", "Mitotic figure (atypical)"],
         output="(N, 2): probability of a mitotic figure (model.onnx), probability that it is atypical (subtype.onnx)",
         atypical_threshold=sub["atypical_threshold"],
         macs_per_patch=int(config["macs_per_patch"]) + int(sub["macs_per_patch"]),
-        subtype_model={"file": "subtype.onnx", "sha256": sub["onnx_sha256"], "output": 1, "architecture": sub["architecture"],
+        subtype_model={"file": "subtype.onnx", "sha256": sub["onnx_sha256"], "torch_sha256": sub["torch_sha256"], "output": 1, "architecture": sub["architecture"],
                        "checkpoint": str(subtype_checkpoint), "recipe": sub.get("recipe"), "parity": sub["parity"],
                        "macs_per_patch": sub["macs_per_patch"],
                        "validation_subtype_balanced_accuracy": sub["validation_metrics"].get("subtype_balanced_accuracy")},
@@ -154,36 +168,61 @@ def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> 
     return np.concatenate(out)[:limit] if out else np.zeros((0, patch, patch, 3), np.uint8)
 
 
-def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
-                subtype: Path | None = None) -> dict:
-    """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation."""
+def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candidates: dict) -> tuple[np.ndarray, list]:
+    """Real validation patches around the runtime's candidates (random pixels without the data), and the fields."""
     from mitoqp.candidates import CandidateParams
     from mitoqp.datasets import read_amibr
-    from mitoqp.export.ensemble import export_ensemble
 
-    if not checkpoints and subtype is None:
-        raise ValueError("give a checkpoint to export, or --subtype CHECKPOINT to add to the model folder in -o")
-    _, ckpt = load_checkpoint(checkpoints[0] if checkpoints else subtype)
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
-    patches = parity_patches_from_fields(fields, int(ckpt["patch"]), CandidateParams(**ckpt["candidates"]))
+    patches = parity_patches_from_fields(fields, patch, CandidateParams(**candidates))
     if len(patches) == 0:
-        rng = np.random.default_rng(0)
-        patches = rng.integers(0, 256, (64, int(ckpt["patch"]), int(ckpt["patch"]), 3), dtype=np.uint8)
-    if not checkpoints:  # add a subtype model to a folder exported before
+        patches = np.random.default_rng(0).integers(0, 256, (64, patch, patch, 3), dtype=np.uint8)
+    return patches, fields
+
+
+def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
+                subtype: Path | None = None, precisions: list[str] | None = None) -> dict:
+    """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
+
+    No checkpoint: add to the folder in `out_dir` (a subtype model, precision variants).
+    """
+    from mitoqp.export.ensemble import export_ensemble
+    from mitoqp.export.precision import PRECISIONS, add_precisions
+
+    precisions = [p for p in (precisions or []) if p != "fp32"]
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
+    if not checkpoints and subtype is None and not precisions:
+        raise ValueError("give a checkpoint to export, or --subtype / --precision to add to the model folder in -o")
+    if checkpoints or subtype is not None:
+        _, ckpt = load_checkpoint(checkpoints[0] if checkpoints else subtype)
+        patch, candidates = int(ckpt["patch"]), ckpt["candidates"]
+    else:
         if not (out_dir / "model.json").exists():
-            raise ValueError(f"{out_dir} holds no exported model to add a subtype model to")
-        config = attach_subtype(out_dir, subtype, patches)
-        print(json.dumps(config["subtype_model"]["parity"]))
-        return config
+            raise ValueError(f"{out_dir} holds no exported model to add to")
+        existing = json.loads((out_dir / "model.json").read_text())
+        patch, candidates = int(existing["input_size"]), existing.get("candidates", {})
+    patches, fields = check_patches(amibr, midog_json, patch, candidates)
+    if not checkpoints and not (out_dir / "model.json").exists():
+        raise ValueError(f"{out_dir} holds no exported model to add a subtype model to")
     if len(checkpoints) > 1:
         if not fields:
             raise ValueError("an ensemble's thresholds are chosen on the AMi-Br validation split: give --amibr")
         config = export_ensemble(checkpoints, out_dir, patches, fields)
         print(json.dumps([m["parity"] for m in config["members"]]))
-        return config
-    config = export_model(checkpoints[0], out_dir, patches)
-    print(json.dumps(config["parity"]))
+    elif checkpoints:
+        config = export_model(checkpoints[0], out_dir, patches)
+        print(json.dumps(config["parity"]))
+    else:
+        config = json.loads((out_dir / "model.json").read_text())
     if subtype is not None:
         config = attach_subtype(out_dir, subtype, patches)
         print(json.dumps(config["subtype_model"]["parity"]))
+    if precisions:
+        config["precisions"] = add_precisions(out_dir, config, precisions, patches)
+        write_json_atomic(out_dir / "model.json", config)
+        for p, entry in config["precisions"].items():
+            print(json.dumps({"precision": p, "kept": entry["kept"],
+                              **{f: {k: r[k] for k in ("max_abs_diff", "decisions_differ")} for f, r in entry["files"].items()}}))
     return config

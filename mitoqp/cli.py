@@ -19,11 +19,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mitoqp.runtime.model import load_model
 
     try:
-        model = load_model(args.model, threads=args.threads, tta=args.tta)
+        model = load_model(args.model, backend=args.backend, threads=args.threads, tta=args.tta, precision=args.precision)
         roi = read_roi(args.roi) if args.roi else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.quiet:
+        print(f"model {model.id}, backend {model.backend.name}" + (" (chosen by auto)" if args.backend == "auto" else ""))
     opts = Options(mpp=args.mpp, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,
                    stain=args.stain, roi=roi, window_px=args.window, stain_normalise=args.stain_normalise)
     records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry),
@@ -97,7 +99,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mitoqp.export.onnx_export import main_export
 
-    return one_line_errors(lambda: main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype))
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+
+    def export() -> None:
+        from mitoqp.runtime.model import load_model
+
+        if args.checkpoints or args.subtype or [p for p in precisions if p != "fp32"] or not args.engine:
+            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions)
+        if args.engine:  # TensorRT engines now, not on a slide's first batch
+            for p in precisions or ["fp32"]:
+                model = load_model(args.out, backend="tensorrt", precision=p)
+                print(f"TensorRT engine ready: {model.backend.name}")
+
+    return one_line_errors(export)
 
 
 def cmd_stain_survey(args: argparse.Namespace) -> int:
@@ -134,6 +148,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_robustness_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
+                   help="inference engine (auto: TensorRT with a GPU, then ONNX Runtime CUDA/CPU, then PyTorch)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="model precision (fp16/int8: the variants `mitoqp export --precision` wrote and checked)")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1,
                    help="test-time augmentation: average the model over this many dihedral views (1: off)")
     p.add_argument("--stain-normalise", action="store_true",
@@ -192,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", type=Path, required=True, help="model folder")
     e.add_argument("--amibr", type=Path, default=SHARED / "ami-br", help="AMi-Br folder (patches for the parity check)")
     e.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
+    e.add_argument("--precision", default="", metavar="fp32,fp16,int8",
+                   help="also write these precisions (FP16 graph; INT8 calibrated on validation patches), each kept "
+                        "only if no decision differs from FP32")
+    e.add_argument("--engine", action="store_true",
+                   help="build the TensorRT engines of the folder's precisions ahead of time (needs TensorRT and a GPU)")
     e.set_defaults(func=cmd_export)
 
     s = sub.add_parser("stain-survey", help="measure the stain vectors of the training slides (for stain augmentation)",

@@ -284,7 +284,7 @@ def markdown(report: dict) -> str:
 
 
 def evaluate_main(args) -> dict:
-    model = load_model(args.model, tta=args.tta)
+    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision)
     threshold = model.threshold if args.threshold is None else args.threshold
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     sets: dict[str, list[Field]] = {}
@@ -299,7 +299,7 @@ def evaluate_main(args) -> dict:
     t0 = time.time()
     outcomes = {k: run_fields(v, model, args.stain_normalise) for k, v in sorted(sets.items())}
     report = {"model": {"id": model.id, "sha256": model.sha256, "macs_per_patch": model.config.get("macs_per_patch")},
-              "options": {"tta": args.tta, "stain_normalise": args.stain_normalise}, "threshold": threshold,
+              "options": {"tta": args.tta, "stain_normalise": args.stain_normalise, "backend": model.backend.name}, "threshold": threshold,
               "figure_density_per_mm2": MIDOG21_FIGURES_PER_MM2, "sets": {}}
     for split in ("validation", "test"):
         pooled = [o for k, v in outcomes.items() if k.startswith(split + "/") for o in v]

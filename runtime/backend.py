@@ -1,18 +1,22 @@
-"""Inference backends: a patch batch in, the model's outputs out.
+"""Inference backends: a patch batch in, the model's outputs out, and the choice among them.
 
 Backends take uint8 (N, P, P, 3) patches, as cut from the slide; the model
 graph holds its own normalisation. They return (N, K) float32: column 0 is the
 mitosis probability, column 1 (models with a subtype head) the probability
-that the figure is atypical. Later backends (TensorRT, PyTorch) follow the same
-interface; `DihedralTTA` wraps any of them.
+that the figure is atypical. Three engines run a model file: TensorRT, ONNX
+Runtime (CPU, or CUDA with onnxruntime-gpu) and PyTorch; ensembles, a joined
+subtype model and test-time augmentation wrap any of them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 class Backend(Protocol):
@@ -20,36 +24,6 @@ class Backend(Protocol):
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """(N, P, P, 3) uint8 -> (N, K) float32 probabilities."""
-
-
-def to_nchw(patches: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(patches.transpose(0, 3, 1, 2), dtype=np.float32)
-
-
-class OnnxRuntimeBackend:
-    """ONNX Runtime on the CPU (or another provider where that build has it)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, onnx_path: Path, threads: int = 0, providers: list[str] | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ValueError(f"cannot load ONNX model {onnx_path}: {exc}".splitlines()[0]) from None
-        self.input_name = self.session.get_inputs()[0].name
-
-        self.outputs = int(np.prod(self.session.get_outputs()[0].shape[1:] or [1]))
-
-    def predict(self, patches: np.ndarray) -> np.ndarray:
-        if len(patches) == 0:
-            return np.zeros((0, self.outputs), np.float32)
-        out = self.session.run(None, {self.input_name: to_nchw(patches)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(len(patches), -1)
 
 
 class EnsembleBackend:
@@ -99,7 +73,50 @@ class DihedralTTA:
         return np.mean([self.inner.predict(dihedral_view(patches, k, f)) for k, f in self.views], axis=0).astype(np.float32)
 
 
-def make_backend(kind: str, onnx_path: Path, threads: int = 0) -> Backend:
-    if kind in ("onnxruntime", "ort", "auto"):
-        return OnnxRuntimeBackend(onnx_path, threads)
-    raise ValueError(f"unknown backend {kind!r} (available: onnxruntime)")
+def gpu_visible() -> bool:
+    """An NVIDIA GPU that PyTorch can see (TensorRT here takes its buffers from PyTorch)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_backend(kind: str) -> str:
+    """`auto`: TensorRT where it imports and a GPU is present, then ONNX Runtime (CUDA before CPU), then torch."""
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
+    if kind != "auto":
+        return kind
+    if importlib.util.find_spec("tensorrt") is not None and gpu_visible():
+        return "tensorrt"
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    if importlib.util.find_spec("torch") is not None:
+        return "torch"
+    raise ValueError("no inference engine is installed: pip install onnxruntime")
+
+
+def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = "fp32", patch: int = 96) -> Backend:
+    """A backend for one ONNX file of a model folder, in `precision` (the folder must hold that variant)."""
+    from mitoqp.export.precision import variant_name
+
+    kind = resolve_backend(kind)
+    if kind == "tensorrt":
+        from mitoqp.runtime.tensorrt_backend import load_tensorrt
+
+        return load_tensorrt(onnx_path.parent, onnx_path.name, precision, patch)
+    if kind == "torch":
+        from mitoqp.runtime.torch_backend import TorchBackend, torch_file
+
+        return TorchBackend(torch_file(onnx_path), precision=precision, threads=threads)
+    from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    variant = onnx_path.parent / variant_name(onnx_path.name, precision)
+    if not variant.exists():
+        raise ValueError(f"{onnx_path.parent} has no {precision} model ({variant.name}): "
+                         f"mitoqp export -o {onnx_path.parent} --precision {precision} makes one")
+    backend = OnnxRuntimeBackend(variant, threads, device="auto")
+    if precision != "fp32":
+        backend.name += f"-{precision}"
+    return backend

@@ -83,11 +83,26 @@ def members_sha256(shas: list[str]) -> str:
     return hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
-def load_model(directory: Path | None = None, backend: str = "onnxruntime", threads: int = 0, verify: bool = True,
-               tta: int = 1) -> Model:
-    """Load an exported model folder; checks the ONNX file against the hash in its config.
+def check_variant(directory: Path, config: dict, onnx_file: str, precision: str, verify: bool) -> None:
+    """A precision other than FP32 must have passed the export's check; its file must match its hash."""
+    if precision == "fp32":
+        return
+    entry = config.get("precisions", {}).get(precision)
+    if entry is None:
+        return  # make_backend says how to make it, or TensorRT builds it from FP32
+    report = entry["files"].get(onnx_file, {})
+    if not entry.get("kept"):
+        raise ValueError(f"{directory} has no {precision} model: {report.get('why_not', 'it failed its check')}")
+    if verify and sha256_file(directory / report["file"]) != report["sha256"]:
+        raise ValueError(f"{directory / report['file']} does not match the sha256 in its model.json")
 
-    `tta` > 1 averages the outputs over that many dihedral views of each patch.
+
+def load_model(directory: Path | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
+               tta: int = 1, precision: str = "fp32") -> Model:
+    """Load an exported model folder; checks the ONNX files against the hashes in its config.
+
+    `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
+    (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch.
     """
     directory = Path(directory) if directory else default_model_dir()
     cfg_path = directory / "model.json"
@@ -100,24 +115,25 @@ def load_model(directory: Path | None = None, backend: str = "onnxruntime", thre
     for key in ("input_size", "mpp", "threshold", "onnx_sha256"):
         if key not in config:
             raise ValueError(f"model config {cfg_path} lacks {key!r}")
+    patch = int(config["input_size"])
+
+    def file_backend(onnx_file: str, sha256: str) -> Backend:
+        onnx_path = directory / onnx_file
+        if not onnx_path.exists():
+            raise ValueError(f"{directory} is not a complete mitoqp model folder: {onnx_file} is missing")
+        if verify and sha256_file(onnx_path) != sha256:
+            raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
+        check_variant(directory, config, onnx_file, precision, verify)
+        return make_backend(backend, onnx_path, threads, precision, patch)
+
     # an ensemble lists its members, each with its own hash; a plain model is model.onnx
     members = config.get("members") or [{"file": "model.onnx", "sha256": config["onnx_sha256"]}]
-    runners = []
-    for m in members:
-        onnx_path = directory / m["file"]
-        if not onnx_path.exists():
-            raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and {m['file']})")
-        if verify and sha256_file(onnx_path) != m["sha256"]:
-            raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
-        runners.append(make_backend(backend, onnx_path, threads))
     if verify and "members" in config:
         if members_sha256([m["sha256"] for m in members]) != config["onnx_sha256"]:
             raise ValueError(f"the members listed in {cfg_path} do not match its sha256")
+    runners = [file_backend(m["file"], m["sha256"]) for m in members]
     runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
     sub = config.get("subtype_model")
     if sub:  # a second model in the folder gives the atypical probability
-        sub_path = directory / sub["file"]
-        if not sub_path.exists() or (verify and sha256_file(sub_path) != sub["sha256"]):
-            raise ValueError(f"{sub_path} is missing or does not match the sha256 in its model.json")
-        runner = SubtypeJoin(runner, make_backend(backend, sub_path, threads), int(sub.get("output", 1)))
+        runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)))
     return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)

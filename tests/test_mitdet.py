@@ -343,7 +343,7 @@ def test_ensemble_export_averages_members_and_checks_their_hashes(tiny_subtype_m
     assert len(cfg["members"]) == 2 and not (tmp_path / "ens" / "model.onnx").exists()
     ens = load_model(tmp_path / "ens")
     single = load_model(tiny_subtype_model_dir)
-    assert ens.has_subtype and ens.backend.name == "onnxruntimex2"
+    assert ens.has_subtype and ens.backend.name == "onnxruntime-cpux2"
     np.testing.assert_allclose(ens.backend.predict(patches), single.backend.predict(patches), atol=1e-5)  # same member twice
     with open(tmp_path / "ens" / "member1.onnx", "ab") as f:
         f.write(b"\0")

@@ -1,0 +1,50 @@
+"""ONNX Runtime: the CPU backend everywhere, and the CUDA one where the onnxruntime-gpu build is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mitoqp.runtime.nchw import to_nchw
+
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def available_devices() -> list[str]:
+    """The devices this onnxruntime build can run on, best first."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [d for d in ("cuda", "cpu") if PROVIDERS[d] in have]
+
+
+class OnnxRuntimeBackend:
+    """One ONNX file in an ONNX Runtime session; `device` auto takes CUDA before the CPU."""
+
+    def __init__(self, onnx_path: Path, threads: int = 0, device: str = "cpu"):
+        import onnxruntime as ort
+
+        devices = available_devices()
+        if device == "auto":
+            device = devices[0]
+        if device not in devices:
+            raise ValueError(f"onnxruntime here has no {device.upper()} provider "
+                             f"(pip install onnxruntime-gpu for CUDA); it has: {', '.join(devices)}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=[PROVIDERS[device]])
+        except Exception as exc:
+            raise ValueError(f"cannot load ONNX model {onnx_path}: {exc}".splitlines()[0]) from None
+        self.device = device
+        self.name = f"onnxruntime-{device}"
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = int(np.prod(self.session.get_outputs()[0].shape[1:] or [1]))
+
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        if len(patches) == 0:
+            return np.zeros((0, self.outputs), np.float32)
+        out = self.session.run(None, {self.input_name: to_nchw(patches)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(patches), -1)
