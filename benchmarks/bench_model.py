@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from common import real_patches
-from mitoqp.runtime.backend import DihedralTTA, OnnxRuntimeBackend
+from mitoqp.runtime.backend import DihedralTTA
+from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from mitoqp.runtime.model import default_model_dir, load_model
 
 
