@@ -15,6 +15,7 @@ import numpy as np
 import shapely
 from scipy.spatial import cKDTree
 
+from mitoqp.background import in_background
 from mitoqp.candidates import CandidateParams, Candidates, find_candidates
 from mitoqp.patches import extract_patches
 from mitoqp.runtime.model import Model
@@ -25,6 +26,7 @@ from mitoqp.stream import Plan, Window, choose_level, plan_windows, stream_windo
 from mitoqp.tissue import TissueMask, detect_tissue
 
 HOTSPOT_MM2 = 2.0  # area of the usual ten high-power fields
+OVERLAP_DEPTH = 4  # patch batches the front end may run ahead of the model (4 x 256 x 27 kB at 96 px)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Options:
     roi: shapely.Geometry | None = None
     use_tissue_mask: bool = True
     stain_normalise: bool = False  # Macenko-normalise patches to the model's training reference
+    overlap: bool = True  # front end and model on separate threads (False: one after the other, for comparison)
 
 
 @dataclass
@@ -171,7 +174,7 @@ def window_candidates(slide: Slide, prep: Prepared, params: CandidateParams, wor
     t_wait = time.perf_counter()
     for win in stream_windows(slide, prep.plan, workers):
         timings["read"] += win.read_seconds
-        timings["wait"] += time.perf_counter() - t_wait
+        timings["read_wait"] += time.perf_counter() - t_wait
         t = time.perf_counter()
         h = hematoxylin(win.rgb, prep.stain_from_od)
         t2 = time.perf_counter()
@@ -192,6 +195,21 @@ def halo_for(patch: int, params: CandidateParams, work_mpp_guess: float = 0.25) 
     return patch // 2 + int(np.ceil(params.merge_um / work_mpp_guess)) + 8
 
 
+def patch_batches(slide: Slide, prep: Prepared, params: CandidateParams, patch: int, batch: int,
+                  workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Level-0 centres, areas (um^2) and patches of the candidates, `batch` at a time, window after window."""
+    timings = prep.timings
+    for win, cands in window_candidates(slide, prep, params, workers):
+        xy0 = win.to_level0(cands.xy)
+        for i in range(0, len(cands), batch):
+            t = time.perf_counter()
+            part = extract_patches(win.rgb, cands.xy[i:i + batch], patch)
+            if prep.normaliser is not None:
+                part = prep.normaliser(part)
+            timings["patches"] += time.perf_counter() - t
+            yield xy0[i:i + batch], cands.area_um2[i:i + batch], part
+
+
 def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
     params = model.candidates
     prep = prepare(slide, model.mpp, halo_for(model.patch, params, model.mpp), opts, model.stain_reference)
@@ -199,17 +217,25 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> Slid
     threshold = model.threshold if opts.threshold is None else float(opts.threshold)
     outputs = 2 if model.has_subtype else 1
     xy_parts, score_parts, area_parts = [], [], []
-    n_cands = 0
-    for win, cands in window_candidates(slide, prep, params, opts.workers):
-        n_cands += len(cands)
-        score_parts.append(score_candidates(win.rgb, cands, model, opts.batch_size, timings, prep.normaliser)[:, :outputs])
-        xy_parts.append(win.to_level0(cands.xy))
-        area_parts.append(cands.area_um2)
+    batches = patch_batches(slide, prep, params, model.patch, opts.batch_size, opts.workers)
+    if opts.overlap:  # the front end of the next batches runs while the model scores this one
+        batches = in_background(batches, depth=OVERLAP_DEPTH)
+    t_wait = time.perf_counter()
+    for xy, area, patches in batches:
+        t = time.perf_counter()
+        if opts.overlap:
+            timings["model_wait"] += t - t_wait  # the model idle: the front end is the slower stage
+        score_parts.append(model.backend.predict(patches)[:, :outputs])
+        xy_parts.append(xy)
+        area_parts.append(area)
+        t_wait = time.perf_counter()
+        timings["model"] += t_wait - t
 
     t = time.perf_counter()
     xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
     out = np.concatenate(score_parts + [np.zeros((0, outputs), np.float32)])
     areas = np.concatenate(area_parts + [np.zeros(0)])
+    n_cands = len(xy)
     # one figure, one detection: split telophase halves and blob groups cut by a window seam merge here
     kept = suppress_duplicates(xy, out[:, 0], max(model.nms_um, params.merge_um) / prep.mpp)
     xy, out, areas = xy[kept], out[kept], areas[kept]
@@ -219,23 +245,3 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> Slid
     timings["merge"] = time.perf_counter() - t
     return SlideResult(xy, out[:, 0], areas, threshold, prep.mpp, prep.tissue, prep.analysed_mm2, n_cands,
                        len(prep.plan.windows), dict(timings), out[:, 1] if outputs == 2 else None)
-
-
-def score_candidates(rgb: np.ndarray, cands: Candidates, model: Model, batch: int, timings: dict,
-                     normaliser: StainNormaliser | None = None) -> np.ndarray:
-    """(N, K) model outputs for the candidates of one window, in batches."""
-    out = None
-    buf = np.empty((min(batch, max(len(cands), 1)), model.patch, model.patch, 3), np.uint8)
-    for i in range(0, len(cands), batch):
-        t = time.perf_counter()
-        part = extract_patches(rgb, cands.xy[i:i + batch], model.patch, buf[: min(batch, len(cands) - i)])
-        if normaliser is not None:
-            part = normaliser(part)
-        t2 = time.perf_counter()
-        timings["patches"] += t2 - t
-        pred = model.backend.predict(part)
-        if out is None:
-            out = np.empty((len(cands), pred.shape[1]), np.float32)
-        out[i:i + batch] = pred
-        timings["model"] += time.perf_counter() - t2
-    return out if out is not None else np.zeros((0, 2), np.float32)

@@ -9,8 +9,6 @@ area). A background thread decodes ahead into a bounded queue.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from mitoqp.background import in_background
 from mitoqp.slide import Slide, paste
 
 
@@ -124,45 +123,19 @@ def assemble(slide: Slide, plan: Plan, cache: TileCache, wx: int, wy: int, next_
 
 def stream_windows(slide: Slide, plan: Plan, workers: int = 2, prefetch: int = 2) -> Iterator[Window]:
     """Windows of `plan` in raster order, decoded ahead by a background thread into a bounded queue."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
-    done = object()
     th = slide.info.tile_sizes[plan.level][1]
     k = plan.tiles_per_window
 
-    def produce() -> None:
-        try:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                cache = TileCache(slide, plan.level, pool)
-                for i, (wx, wy) in enumerate(plan.windows):
-                    if stop.is_set():
-                        return
-                    nxt = plan.windows[i + 1] if i + 1 < len(plan.windows) else None
-                    # first tile row that the next window row reads (its halo reaches up into this one)
-                    next_row = nxt[1] if nxt is not None and nxt[1] != wy else wy + 1
-                    next_row_ty0 = max((next_row * k * th - plan.halo) // th, 0)
-                    q.put(assemble(slide, plan, cache, wx, wy, next_row_ty0))
-                    if nxt is not None and nxt[1] != wy:
-                        cache.evict(lambda tx, ty: ty >= next_row_ty0)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            q.put(exc)
-        finally:
-            q.put(done)
+    def windows() -> Iterator[Window]:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            cache = TileCache(slide, plan.level, pool)
+            for i, (wx, wy) in enumerate(plan.windows):
+                nxt = plan.windows[i + 1] if i + 1 < len(plan.windows) else None
+                # first tile row that the next window row reads (its halo reaches up into this one)
+                next_row = nxt[1] if nxt is not None and nxt[1] != wy else wy + 1
+                next_row_ty0 = max((next_row * k * th - plan.halo) // th, 0)
+                yield assemble(slide, plan, cache, wx, wy, next_row_ty0)
+                if nxt is not None and nxt[1] != wy:
+                    cache.evict(lambda tx, ty: ty >= next_row_ty0)
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+    return in_background(windows(), prefetch)
