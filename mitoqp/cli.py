@@ -1,4 +1,4 @@
-"""The `mitoqp` command: run, info, train, evaluate, export."""
+"""The `mitoqp` command: run, bench, info, train, evaluate, export, ablation, stain-survey."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = sum(r["status"] == "error" for r in records)
     print(f"{len(records) - failed} of {len(records)} slides done, results in {args.out}")
     return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mitoqp.bench import bench_main, format_table
+    from mitoqp.pipeline import Options
+    from mitoqp.runtime.model import load_model
+
+    def job() -> None:
+        model = load_model(args.model, backend=args.backend, threads=args.threads, precision=args.precision)
+        opts = Options(mpp=args.mpp, batch_size=args.batch_size, workers=args.workers, window_px=args.window,
+                       overlap=not args.serial)
+        report = bench_main(args.slides, model, opts, args.repeat, args.reader, args.precision, args.json)
+        print(format_table(report), end="")
+        if any(r["status"] != "ok" for r in report["slides"]):
+            raise ValueError("some slides failed (see the table)")
+
+    return one_line_errors(job)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -147,11 +164,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return one_line_errors(lambda: evaluate_main(args))
 
 
-def add_robustness_options(p: argparse.ArgumentParser) -> None:
+def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
                    help="inference engine (auto: TensorRT with a GPU, then ONNX Runtime CUDA/CPU, then PyTorch)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="model precision (fp16/int8: the variants `mitoqp export --precision` wrote and checked)")
+
+
+def add_robustness_options(p: argparse.ArgumentParser) -> None:
+    add_backend_options(p)
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1,
                    help="test-time augmentation: average the model over this many dihedral views (1: off)")
     p.add_argument("--stain-normalise", action="store_true",
@@ -184,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="latency per slide: wall time, stages, throughput, memory", description=(
+        "Run each slide end to end --repeat times after an untimed warm-up (kernels compiled, the backend's first "
+        "batches run); print wall time (median, min), seconds and share per stage, MP/s, patches/s and peak memory."))
+    b.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
+    b.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    b.add_argument("--repeat", type=int, default=3, help="timed runs per slide")
+    b.add_argument("--model", type=Path, default=None, help="exported model folder (default: the bundled model)")
+    add_backend_options(b)
+    b.add_argument("--batch-size", type=int, default=256, help="patches per model call")
+    b.add_argument("--workers", type=int, default=2, help="tile decoding threads")
+    b.add_argument("--threads", type=int, default=0, help="model inference threads (0: all cores)")
+    b.add_argument("--mpp", type=float, default=None, help="microns per pixel, overriding the slide's metadata")
+    b.add_argument("--window", type=int, default=2048, help="window size in level pixels")
+    b.add_argument("--reader", choices=["auto", "tiffslide", "openslide"], default="auto")
+    b.add_argument("--serial", action="store_true", help="no overlap of front end and model (for comparison)")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="describe a slide", description="Format, levels, size, microns per pixel, vendor, tile size, tissue fraction.")
     i.add_argument("slide", type=Path)

@@ -1,0 +1,31 @@
+"""`mitoqp bench`: the latency report per slide, as a table and as JSON."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import synthetic_field
+from mitoqp.bench import STAGES
+from mitoqp.cli import main
+
+
+def test_bench_reports_wall_time_stages_throughput_and_memory(tiny_model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    img = np.vstack([np.hstack([synthetic_field(rng)[0] for _ in range(3)]) for _ in range(3)])
+    Image.fromarray(img).save(tmp_path / "field.png")
+    (tmp_path / "broken.svs").write_bytes(b"not a slide")
+    rc = main(["bench", str(tmp_path / "field.png"), str(tmp_path / "broken.svs"), "--model", str(tiny_model_dir),
+               "--mpp", "0.25", "--repeat", "2", "--json", str(tmp_path / "bench.json")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.strip().count("\n") == 0 and "failed" in err  # the bad slide, in one line
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["backend"] == "onnxruntime-cpu" and report["repeat"] == 2 and report["warm_up_s"] > 0
+    ok, bad = report["slides"]
+    assert bad["status"] == "error" and "broken" in out
+    assert ok["status"] == "ok" and ok["runs"] == 2 and ok["megapixels"] == round(384 * 384 / 1e6, 1)
+    assert 0 < ok["wall_min_s"] <= ok["wall_median_s"]
+    assert ok["patches"] > 0 and ok["patches_per_s"] > 0 and ok["megapixels_per_s"] > 0
+    assert set(ok["stages_s"]) == set(STAGES) and ok["stages_s"]["model"] > 0
+    assert all(0 <= v <= 1.5 for v in ok["stage_share"].values())
+    assert "field" in out and "not timed" in out
