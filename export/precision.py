@@ -44,7 +44,8 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, batch: int = 64) -> None:
     """Static INT8 (per-channel weights, uint8 activations) calibrated on `calibration` (N, P, P, 3) uint8."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
 
     class Reader(CalibrationDataReader):
         def __init__(self, name: str):
@@ -58,8 +59,11 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, batch: int = 64
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
         with atomic_path(dst) as target:
+            # percentile ranges (99.999%): on the default model the largest score gap was 0.019 against 0.032 with
+            # min-max ranges, on 256 validation patches
             quantize_static(str(pre), str(target), Reader(name), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Percentile)
 
 
 def compare(fp32: Path, variant: Path, patches: np.ndarray, decisions: list[tuple[int, float]]) -> dict:
