@@ -242,3 +242,40 @@ def test_tensorrt_backend_refuses_an_engine_with_other_io():
     engine.get_tensor_mode = lambda name: "INPUT"
     with pytest.raises(ValueError, match="one input and one output"):
         TensorRTBackend(engine, HostBuffers(), "INPUT")
+
+
+def backend_cases():
+    cases = [("onnxruntime", p) for p in ("fp32", "fp16", "int8")] + [("torch", "fp32")]
+    gpu = pytest.mark.skip(reason="no CUDA GPU here: the GPU backends run only where one is present")
+    cases += [pytest.param("torch", "fp16", marks=gpu), pytest.param("tensorrt", "fp16", marks=gpu)]
+    return cases
+
+
+@pytest.mark.parametrize("backend,precision", backend_cases())
+def test_every_backend_and_precision_matches_the_pytorch_weights_on_real_validation_patches(backend, precision):
+    """The bundled model's weights in PyTorch are the reference; each engine must make the same decisions."""
+    torch = pytest.importorskip("torch")
+    from conftest import AMIBR, MIDOG_JSON
+
+    if not AMIBR.exists():
+        pytest.skip("../shared/data/ami-br is not present")
+    from mitoqp.export.onnx_export import check_patches
+    from mitoqp.runtime.model import default_model_dir
+    from mitoqp.training.model import build_model
+
+    folder = default_model_dir()
+    cfg = json.loads((folder / "model.json").read_text())
+    if precision != "fp32" and not cfg.get("precisions", {}).get(precision, {}).get("kept"):
+        pytest.skip(f"the bundled model has no {precision} variant (model.json says why)")
+    x, _ = check_patches(AMIBR, MIDOG_JSON, int(cfg["input_size"]), cfg["candidates"])
+    x = x[len(x) // 2:]  # the half the export did not calibrate on
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    reference = build_model(saved["model"], saved["child_classes"])
+    reference.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        want = reference.eval()(torch.from_numpy(x).permute(0, 3, 1, 2).float()).reshape(len(x), -1).numpy()
+    model = load_model(folder, backend=backend, precision=precision)
+    got = (model.backend.detector if hasattr(model.backend, "detector") else model.backend).predict(x)
+    t = model.threshold
+    assert ((got[:, 0] >= t) != (want[:, 0] >= t)).sum() == 0
+    assert np.abs(got[:, 0] - want[:, 0]).max() < (1e-5 if precision == "fp32" else 0.05)

@@ -75,3 +75,53 @@ def test_overlapped_and_serial_runs_find_the_same_figures(default_model):
     assert a.candidates == b.candidates > 100
     assert np.array_equal(a.xy, b.xy) and np.array_equal(a.scores, b.scores)
     assert "model_wait" in a.timings and "model_wait" not in b.timings
+
+
+def test_ctrl_c_in_the_consumer_leaves_no_thread_behind():
+    before = threading.active_count()
+
+    def items():
+        while True:
+            yield np.zeros(1000)
+
+    with pytest.raises(KeyboardInterrupt):
+        for i, _ in enumerate(in_background(items(), depth=2)):
+            if i == 3:
+                raise KeyboardInterrupt
+    deadline = time.time() + 2
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() == before
+
+
+def test_an_error_in_the_front_end_worker_fails_one_slide_and_the_batch_goes_on(tiny_model_dir, tmp_path, monkeypatch):
+    """A kernel failing on the worker thread: that slide's one-line error, the next slide done."""
+    from PIL import Image
+
+    import mitoqp.pipeline as pipeline
+    from conftest import synthetic_field
+    from mitoqp.batch import RunConfig, run_batch
+    from mitoqp.runtime.model import load_model
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        Image.fromarray(np.hstack([synthetic_field(rng)[0] for _ in range(2)])).save(tmp_path / f"{name}.png")
+    real = pipeline.find_candidates
+    worker_threads = set()
+
+    def failing(h, mpp, params):
+        worker_threads.add(threading.get_ident())
+        if h.shape[0] and failing.first:
+            failing.first = False
+            raise ValueError("blob kernel failed on window (0, 0)")
+        return real(h, mpp, params)
+
+    failing.first = True
+    monkeypatch.setattr(pipeline, "find_candidates", failing)
+    opts = pipeline.Options(mpp=0.25)
+    recs = run_batch([str(tmp_path / "a.png"), str(tmp_path / "b.png")], load_model(tiny_model_dir),
+                     RunConfig(tmp_path / "out", opts), progress=False)
+    assert [r["status"] for r in recs] == ["error", "ok"]
+    assert recs[0]["error"] == "blob kernel failed on window (0, 0)"
+    assert threading.get_ident() not in worker_threads  # it ran on the worker, and still failed cleanly
+    assert not (tmp_path / "out" / "a.geojson").exists() and (tmp_path / "out" / "b.geojson").exists()
