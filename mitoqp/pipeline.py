@@ -17,7 +17,9 @@ from scipy.spatial import cKDTree
 
 from mitoqp.background import in_background
 from mitoqp.candidates import CandidateParams, Candidates, find_candidates
+from mitoqp.dense import DenseSpec, cut_tiles, stitch, window_peaks
 from mitoqp.patches import extract_patches
+from mitoqp.peaks import suppress_duplicates
 from mitoqp.runtime.model import Model
 from mitoqp.slide import Slide, SlideError
 from mitoqp.stain import hematoxylin, inverse_stain_matrix, macenko_vectors, stain_matrix
@@ -88,22 +90,6 @@ def resolve_mpp(slide: Slide, override: float | None) -> float:
     if slide.info.mpp is None:
         raise SlideError(f"{slide.info.path} has no microns-per-pixel in its metadata: give it with --mpp")
     return slide.info.mpp
-
-
-def suppress_duplicates(xy: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
-    """Indices kept after dropping any point within `radius` of a higher-scoring kept one."""
-    order = np.argsort(-scores, kind="stable")
-    if len(order) < 2:
-        return order
-    tree = cKDTree(xy)
-    removed = np.zeros(len(xy), bool)
-    keep = []
-    for i in order:
-        if removed[i]:
-            continue
-        keep.append(i)
-        removed[tree.query_ball_point(xy[i], radius)] = True
-    return np.asarray(keep, dtype=int)
 
 
 @dataclass
@@ -210,26 +196,68 @@ def patch_batches(slide: Slide, prep: Prepared, params: CandidateParams, patch: 
             yield xy0[i:i + batch], cands.area_um2[i:i + batch], part
 
 
+def dense_tiles(slide: Slide, prep: Prepared, spec: DenseSpec, workers: int) -> Iterator[tuple[Window, np.ndarray, list]]:
+    """Each window with the model-input tiles that cover its core (a dense model's front end)."""
+    for win in stream_windows(slide, prep.plan, workers):
+        prep.timings["read"] += win.read_seconds
+        t = time.perf_counter()
+        tiles, origins = cut_tiles(win.rgb, win.core, spec)
+        prep.timings["patches"] += time.perf_counter() - t
+        yield win, tiles, origins
+
+
+def dense_batches(slide: Slide, prep: Prepared, model: Model, opts: Options,
+                  spec: DenseSpec) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Level-0 peaks, their map values and NaN areas, window after window (model and peak finding here)."""
+    timings = prep.timings
+    items = dense_tiles(slide, prep, spec, opts.workers)
+    if opts.overlap:
+        items = in_background(items, depth=2)
+    for win, tiles, origins in items:
+        t = time.perf_counter()
+        maps = np.concatenate([model.backend.predict(tiles[i:i + opts.batch_size])
+                               for i in range(0, len(tiles), opts.batch_size)])
+        t2 = time.perf_counter()
+        timings["model"] += t2 - t
+        centres, values = window_peaks(stitch(maps, origins, win.core, spec), win.core, spec, prep.work_mpp)
+        xy0 = win.to_level0(centres)
+        if prep.tissue is not None and len(xy0):
+            on = prep.tissue.contains(xy0)
+            xy0, values = xy0[on], values[on]
+        timings["peaks"] += time.perf_counter() - t2
+        yield xy0, np.full(len(xy0), np.nan), values
+
+
 def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
     params = model.candidates
-    prep = prepare(slide, model.mpp, halo_for(model.patch, params, model.mpp), opts, model.stain_reference)
+    spec = DenseSpec.from_config(model.config) if model.kind == "dense" else None
+    halo = (spec.context + int(np.ceil(spec.min_distance_um / model.mpp)) + 8 if spec
+            else halo_for(model.patch, params, model.mpp))
+    prep = prepare(slide, model.mpp, halo, opts, model.stain_reference)
     timings = prep.timings
     threshold = model.threshold if opts.threshold is None else float(opts.threshold)
-    outputs = 2 if model.has_subtype else 1
+    columns = [0] + ([model.config["outputs"].index("atypical")] if model.has_subtype else [])
+    outputs = len(columns)
     xy_parts, score_parts, area_parts = [], [], []
-    batches = patch_batches(slide, prep, params, model.patch, opts.batch_size, opts.workers)
-    if opts.overlap:  # the front end of the next batches runs while the model scores this one
-        batches = in_background(batches, depth=OVERLAP_DEPTH)
-    t_wait = time.perf_counter()
-    for xy, area, patches in batches:
-        t = time.perf_counter()
-        if opts.overlap:
-            timings["model_wait"] += t - t_wait  # the model idle: the front end is the slower stage
-        score_parts.append(model.backend.predict(patches)[:, :outputs])
-        xy_parts.append(xy)
-        area_parts.append(area)
+    if spec is not None:
+        for xy, area, values in dense_batches(slide, prep, model, opts, spec):
+            xy_parts.append(xy)
+            area_parts.append(area)
+            score_parts.append(values[:, columns])
+    else:
+        batches = patch_batches(slide, prep, params, model.patch, opts.batch_size, opts.workers)
+        if opts.overlap:  # the front end of the next batches runs while the model scores this one
+            batches = in_background(batches, depth=OVERLAP_DEPTH)
         t_wait = time.perf_counter()
-        timings["model"] += t_wait - t
+        for xy, area, patches in batches:
+            t = time.perf_counter()
+            if opts.overlap:
+                timings["model_wait"] += t - t_wait  # the model idle: the front end is the slower stage
+            score_parts.append(model.backend.predict(patches)[:, columns])
+            xy_parts.append(xy)
+            area_parts.append(area)
+            t_wait = time.perf_counter()
+            timings["model"] += t_wait - t
 
     t = time.perf_counter()
     xy = np.concatenate(xy_parts + [np.zeros((0, 2))])
@@ -237,7 +265,8 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> Slid
     areas = np.concatenate(area_parts + [np.zeros(0)])
     n_cands = len(xy)
     # one figure, one detection: split telophase halves and blob groups cut by a window seam merge here
-    kept = suppress_duplicates(xy, out[:, 0], max(model.nms_um, params.merge_um) / prep.mpp)
+    radius_um = spec.min_distance_um if spec else max(model.nms_um, params.merge_um)
+    kept = suppress_duplicates(xy, out[:, 0], radius_um / prep.mpp)
     xy, out, areas = xy[kept], out[kept], areas[kept]
     if opts.roi is not None and len(xy):
         inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])

@@ -22,6 +22,7 @@ CLASS_COLOR = [255, 0, 0]
 ATYPICAL_CLASS = ("Mitotic figure (atypical)", [255, 0, 255])
 NORMAL_CLASS = ("Mitotic figure (normal)", [255, 128, 0])
 CIRCLE_VERTICES = 32
+FIGURE_AREA_UM2 = 50.0  # drawn size of a detection without a measured blob (a dense model's peak)
 
 
 def circle(x: float, y: float, r: float, n: int = CIRCLE_VERTICES) -> list[list[float]]:
@@ -42,11 +43,13 @@ def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray,
     for (x, y), s, a, at in zip(np.asarray(xy, float), np.asarray(scores, float), np.asarray(area_um2, float), subtype):
         if shape == "point":
             geom = {"type": "Point", "coordinates": [round(float(x), 2), round(float(y), 2)]}
-        else:
-            r_px = max(np.sqrt(a / np.pi) / mpp, 2.0)
+        else:  # a dense model's peaks have no blob: a circle of a typical figure's size
+            r_px = max(np.sqrt((a if np.isfinite(a) else FIGURE_AREA_UM2) / np.pi) / mpp, 2.0)
             geom = {"type": "Polygon", "coordinates": [circle(x, y, r_px)]}
         name, color = CLASS_NAME, CLASS_COLOR
-        measurements = {"score": round(float(s), 5), "area_um2": round(float(a), 3)}
+        measurements = {"score": round(float(s), 5)}
+        if np.isfinite(a):
+            measurements["area_um2"] = round(float(a), 3)
         if not np.isnan(at):
             name, color = ATYPICAL_CLASS if at >= atypical_threshold else NORMAL_CLASS
             measurements["atypical_score"] = round(float(at), 5)

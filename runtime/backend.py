@@ -57,6 +57,14 @@ def dihedral_view(patches: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1] if flip else out)
 
 
+def undo_view(out: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """A dense model's (N, K, h, w) maps back in the patch's own orientation; (N, K) scores need nothing."""
+    if out.ndim != 4:
+        return out
+    out = out[..., ::-1] if flip else out
+    return np.rot90(out, -k, axes=(2, 3))
+
+
 class DihedralTTA:
     """Test-time augmentation: the mean of a backend's outputs over `views` of the 8 dihedral transforms.
 
@@ -70,7 +78,8 @@ class DihedralTTA:
         self.name = f"{inner.name}+tta{views}"
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
-        return np.mean([self.inner.predict(dihedral_view(patches, k, f)) for k, f in self.views], axis=0).astype(np.float32)
+        return np.mean([undo_view(self.inner.predict(dihedral_view(patches, k, f)), k, f) for k, f in self.views],
+                       axis=0).astype(np.float32)
 
 
 def gpu_visible() -> bool:

@@ -28,6 +28,11 @@ class Model:
         return members_sha256([self.config["onnx_sha256"], sub["sha256"]]) if sub else str(self.config["onnx_sha256"])
 
     @property
+    def kind(self) -> str:
+        """`patch`: scores a patch around each candidate; `dense`: maps a tile to probability maps."""
+        return str(self.config.get("kind", "patch"))
+
+    @property
     def patch(self) -> int:
         return int(self.config["input_size"])
 

@@ -46,5 +46,5 @@ class OnnxRuntimeBackend:
     def predict(self, patches: np.ndarray) -> np.ndarray:
         if len(patches) == 0:
             return np.zeros((0, self.outputs), np.float32)
-        out = self.session.run(None, {self.input_name: to_nchw(patches)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(len(patches), -1)
+        out = np.asarray(self.session.run(None, {self.input_name: to_nchw(patches)})[0], dtype=np.float32)
+        return out.reshape(len(patches), -1) if out.ndim <= 2 else out  # (N, K), or (N, K, h, w) maps

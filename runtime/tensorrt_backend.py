@@ -205,7 +205,8 @@ class TensorRTBackend:
         self.context.set_tensor_address(self.output, self.buffers.address(device_out))
         if not self.context.execute_async_v3(self.buffers.stream_handle):
             raise RuntimeError("TensorRT failed to run the engine")
-        return np.asarray(self.buffers.download(device_out), np.float32).reshape(len(x), -1)
+        out = np.asarray(self.buffers.download(device_out), np.float32)
+        return out.reshape(len(x), -1) if out.ndim <= 2 else out
 
 
 def gpu_identity() -> tuple[str, str]:

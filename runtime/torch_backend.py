@@ -63,5 +63,6 @@ class TorchBackend:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             # NHWC uint8 -> NCHW float: a permuted view is channels-last memory, no copy
             x = x.permute(0, 3, 1, 2).to(self.dtype)
-            out = self.model(x).float().reshape(len(patches), -1)
+            out = self.model(x).float()
+            out = out.reshape(len(patches), -1) if out.ndim <= 2 else out  # (N, K), or (N, K, h, w) maps
             return out.cpu().numpy()

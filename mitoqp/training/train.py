@@ -26,7 +26,7 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.roi import read_roi
 from mitoqp.metrics import Match, froc, match_detections, roc_auc
-from mitoqp.pipeline import suppress_duplicates
+from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
 from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, focal_loss, subtype_loss
 from mitoqp.training.model import build_model, count_macs
