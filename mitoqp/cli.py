@@ -1,4 +1,4 @@
-"""The `mitoqp` command: run, bench, info, train, evaluate, export, ablation, stain-survey."""
+"""The `mitoqp` command: run, bench, models, info, train, evaluate, export, ablation, stain-survey."""
 
 from __future__ import annotations
 
@@ -62,6 +62,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError("some slides failed (see the table)")
 
     return one_line_errors(job)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mitoqp.runtime.registry import list_models, search_roots
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("name | id | kind | input | outputs | M MACs | precisions | val. F1 | test F1 | AtNorM-Br F1 | where")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']} | error: {r['error']}")
+            continue
+        macs = f"{r['macs_per_patch'] / 1e6:.1f}" if r.get("macs_per_patch") else "-"
+        print(f"{r['name']} | {r['id']} | {r['kind']} | {r['input_size']} px @ {r['mpp']} um | {'+'.join(r['outputs'])} | "
+              f"{macs} | {','.join(r['precisions'])} | {r['validation_hpf_f1'] or '-'} | {r['hpf_f1'].get('test', '-')} | "
+              f"{r['hpf_f1'].get('atnorm-br', '-')} | {r['where']}")
+    print("searched: " + ", ".join(f"{w} {p}" for w, p in search_roots()))
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -189,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>.tissue.png (QC) and <name>.result.json per slide, and summary.csv/summary.json per run."))
     r.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
     r.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    r.add_argument("--model", type=Path, default=None, help="exported model folder (default: the bundled model)")
+    r.add_argument("--model", default=None, help="model name (mitoqp models) or folder (default: the bundled model)")
     r.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     r.add_argument("--batch-size", type=int, default=256, help="patches per model call")
     r.add_argument("--workers", type=int, default=2, help="tile decoding threads")
@@ -206,13 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
+    m = sub.add_parser("models", help="list the bundled and installed models", description=(
+        "Bundled models (inside the package) and installed ones (folders under MITOQP_MODEL_PATH, else "
+        "~/.local/share/mitoqp/models): kind, input, outputs, cost, precisions, HPF-equivalent F1. "
+        "--model takes a listed name or a folder."))
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(func=cmd_models)
+
     b = sub.add_parser("bench", help="latency per slide: wall time, stages, throughput, memory", description=(
         "Run each slide end to end --repeat times after an untimed warm-up (kernels compiled, the backend's first "
         "batches run); print wall time (median, min), seconds and share per stage, MP/s, patches/s and peak memory."))
     b.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     b.add_argument("--repeat", type=int, default=3, help="timed runs per slide")
-    b.add_argument("--model", type=Path, default=None, help="exported model folder (default: the bundled model)")
+    b.add_argument("--model", default=None, help="model name (mitoqp models) or folder (default: the bundled model)")
     add_backend_options(b)
     b.add_argument("--batch-size", type=int, default=256, help="patches per model call")
     b.add_argument("--workers", type=int, default=2, help="tile decoding threads")
@@ -273,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="evaluate a model on held-out fields and slides",
                        description="Runs the full runtime path on each field; FROC, HPF-equivalent F1, AUC, bootstrap intervals.")
-    v.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
+    v.add_argument("--model", default=None, help="model name (mitoqp models) or folder (default: the bundled model)")
     v.add_argument("--splits", default="validation,test,atnorm-br", help="comma-separated: validation, test, atnorm-br")
     v.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
     v.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br")

@@ -102,14 +102,17 @@ def check_variant(directory: Path, config: dict, onnx_file: str, precision: str,
         raise ValueError(f"{directory / report['file']} does not match the sha256 in its model.json")
 
 
-def load_model(directory: Path | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
+def load_model(directory: Path | str | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
                tta: int = 1, precision: str = "fp32") -> Model:
-    """Load an exported model folder; checks the ONNX files against the hashes in its config.
+    """Load an exported model folder (or a model by its registry name); checks the files against their hashes.
 
     `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
     (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch.
     """
-    directory = Path(directory) if directory else default_model_dir()
+    from mitoqp.runtime.registry import resolve_model
+
+    resolved = resolve_model(directory)
+    directory = resolved if resolved is not None else default_model_dir()
     cfg_path = directory / "model.json"
     if not cfg_path.exists():
         raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and model.onnx)")

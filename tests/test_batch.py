@@ -206,7 +206,7 @@ def test_hotspot_count():
     assert res.hotspot_count() == 0
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["info"], ["train"], ["export"], ["evaluate"], ["ablation"], ["stain-survey"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["info"], ["train"], ["export"], ["evaluate"], ["ablation"], ["stain-survey"], ["bench"], ["models"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])

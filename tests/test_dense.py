@@ -79,7 +79,7 @@ def darkness_model(folder, tile=64, stride=2, context=8):
         [helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("white", TensorProto.FLOAT, [], [255.0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
-    folder.mkdir()
+    folder.mkdir(parents=True)
     onnx.save(model, folder / "model.onnx")
     cfg = {"id": "darkness", "kind": "dense", "input_size": tile, "mpp": 0.25, "threshold": 0.5, "outputs": ["mitosis"],
            "dense": {"output_stride": stride, "context_px": context, "min_distance_um": 5.0, "peak_floor": 0.3},
@@ -133,3 +133,27 @@ def test_dense_detections_in_geojson_have_no_area_measurement():
 
     f = next(detection_features(np.array([[10.0, 20.0]]), np.array([0.9]), np.array([np.nan]), 0.25))
     assert f["properties"]["measurements"] == {"score": 0.9} and len(f["geometry"]["coordinates"][0]) > 3
+
+
+def test_registry_lists_bundled_and_installed_models_and_resolves_names(tmp_path, monkeypatch, capsys):
+    from mitoqp.cli import main
+    from mitoqp.runtime.model import load_model
+    from mitoqp.runtime.registry import list_models, resolve_model
+
+    darkness_model(tmp_path / "models" / "darkness")
+    (tmp_path / "models" / "broken").mkdir()
+    (tmp_path / "models" / "broken" / "model.json").write_text("{not json")
+    monkeypatch.setenv("MITOQP_MODEL_PATH", str(tmp_path / "models"))
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["default"]["where"] == "bundled" and rows["default"]["kind"] == "patch"
+    assert rows["darkness"]["where"] == "installed" and rows["darkness"]["kind"] == "dense"
+    assert "error" in rows["broken"]
+    assert resolve_model("darkness") == tmp_path / "models" / "darkness"
+    assert load_model("darkness").kind == "dense"
+    with pytest.raises(ValueError, match="no model folder or model named 'nothing'.*darkness"):
+        resolve_model("nothing")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "darkness | darkness | dense | 64 px" in out and "default | " in out
+    assert main(["models", "--json"]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= {"default", "darkness", "broken"}
