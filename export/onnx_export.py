@@ -168,13 +168,14 @@ def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> 
     return np.concatenate(out)[:limit] if out else np.zeros((0, patch, patch, 3), np.uint8)
 
 
-def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candidates: dict) -> tuple[np.ndarray, list]:
+def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candidates: dict,
+                  limit: int = 512) -> tuple[np.ndarray, list]:
     """Real validation patches around the runtime's candidates (random pixels without the data), and the fields."""
     from mitoqp.candidates import CandidateParams
     from mitoqp.datasets import read_amibr
 
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
-    patches = parity_patches_from_fields(fields, patch, CandidateParams(**candidates))
+    patches = parity_patches_from_fields(fields, patch, CandidateParams(**candidates), limit)
     if len(patches) == 0:
         patches = np.random.default_rng(0).integers(0, 256, (64, patch, patch, 3), dtype=np.uint8)
     return patches, fields
