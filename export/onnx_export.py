@@ -18,6 +18,7 @@ from mitoqp.io_utils import atomic_path, write_json_atomic
 from mitoqp.runtime.nchw import to_nchw
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from mitoqp.runtime.model import sha256_file
+from mitoqp.training.fcn import build_fcn
 from mitoqp.training.model import build_model
 
 OPSET = 17
@@ -29,7 +30,10 @@ RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weig
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_model(ckpt["config"].get("model", {}), int(ckpt.get("child_classes", 0)))
+        if ckpt.get("kind") == "dense":
+            model = build_fcn(ckpt["config"].get("model", {}))
+        else:
+            model = build_model(ckpt["config"].get("model", {}), int(ckpt.get("child_classes", 0)))
         model.load_state_dict(ckpt["state_dict"])
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise ValueError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
@@ -52,13 +56,14 @@ def export_onnx(model: torch.nn.Module, patch: int, path: Path) -> None:
 def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float) -> dict:
     """Max |p_torch - p_onnx| over every output, and the mitosis decisions that differ at `threshold`."""
     with torch.no_grad():
-        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy().reshape(len(patches), -1)
-    p_onnx = OnnxRuntimeBackend(onnx_path).predict(patches)
-    p_torch, p_onnx = p_torch, p_onnx.reshape(p_torch.shape)
+        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy()
+    p_onnx = OnnxRuntimeBackend(onnx_path).predict(patches).reshape(p_torch.shape)
+    # a patch model decides on column 0; a dense model on every pixel of its map
+    decide = (lambda p: p.reshape(len(p), -1)[:, 0]) if p_torch.ndim <= 2 else (lambda p: p.ravel())
     return {
         "patches": int(len(patches)),
         "max_abs_diff": float(np.max(np.abs(p_torch - p_onnx))) if len(patches) else 0.0,
-        "decisions_differ": int(((p_torch[:, 0] >= threshold) != (p_onnx[:, 0] >= threshold)).sum()),
+        "decisions_differ": int(((decide(p_torch) >= threshold) != (decide(p_onnx) >= threshold)).sum()),
     }
 
 
@@ -67,8 +72,8 @@ def save_torch_weights(model: torch.nn.Module, ckpt: dict, onnx_path: Path) -> P
     path = onnx_path.with_suffix(".pt")
     state = {k: v for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"model": ckpt["config"].get("model", {}), "child_classes": int(ckpt.get("child_classes", 0)),
-                    "state_dict": state}, tmp)
+        torch.save({"kind": ckpt.get("kind", "patch"), "model": ckpt["config"].get("model", {}),
+                    "child_classes": int(ckpt.get("child_classes", 0)), "state_dict": state}, tmp)
     return path
 
 
@@ -87,14 +92,17 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     cfg = ckpt["config"]
     m_cfg = cfg.get("model", {})
     subtype = getattr(model, "subtype_head", None) is not None
+    dense = ckpt.get("kind") == "dense"
     config = {
         "id": (extra or {}).get("id", out_dir.name),
-        "architecture": "CompactResNet" + ("+SE" if m_cfg.get("se") else ""),
-        "widths": list(m_cfg.get("widths", [16, 24, 48, 96])),
+        "kind": "dense" if dense else "patch",
+        "architecture": ("WeakFCN (UTS)" if dense else "CompactResNet" + ("+SE" if m_cfg.get("se") else "")),
+        "widths": list(m_cfg.get("widths", [24, 32, 64, 96] if dense else [16, 24, 48, 96])),
         "input_size": patch,
         "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
         "normalisation": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
-        "output": ("(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
+        "output": ("(N, 1, H/4, W/4): probability map of mitotic figures" if dense else
+                   "(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
                    else "probability of a mitotic figure"),
         "outputs": ["mitosis", "atypical"] if subtype else ["mitosis"],
         "mpp": 0.25,
@@ -113,6 +121,9 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "onnx_sha256": sha256_file(onnx_path),
         "torch_sha256": sha256_file(torch_path),
     }
+    if dense:
+        config["dense"] = ckpt["dense"]
+        config["method"] = ckpt.get("method")
     if subtype and ckpt.get("atypical_threshold") is not None:
         config["atypical_threshold"] = float(ckpt["atypical_threshold"])
     if ckpt.get("stain_reference"):

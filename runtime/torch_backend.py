@@ -24,6 +24,7 @@ class TorchBackend:
             import torch
         except ImportError:
             raise ValueError("the torch backend needs PyTorch: pip install torch") from None
+        from mitoqp.training.fcn import build_fcn
         from mitoqp.training.model import build_model
 
         if device == "auto":
@@ -39,7 +40,10 @@ class TorchBackend:
                              "beside the ONNX file (re-export the checkpoint)")
         try:
             saved = torch.load(weights, map_location="cpu", weights_only=True)
-            model = build_model(saved["model"], int(saved["child_classes"]))
+            if saved.get("kind") == "dense":
+                model = build_fcn(saved["model"])
+            else:
+                model = build_model(saved["model"], int(saved["child_classes"]))
             model.load_state_dict(saved["state_dict"])
         except Exception as exc:
             raise ValueError(f"cannot load torch weights {weights}: {str(exc).splitlines()[0]}") from None

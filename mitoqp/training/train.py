@@ -346,4 +346,8 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
         got = extra[-1]
         log(f"slide {s['path']}: {int((got.labels == 1).sum())} positives, {int((got.labels == 0).sum())} negatives "
             f"(region {s.get('train_region', 'whole')}{', annotations ' + s['annotations'] if s.get('annotations') else ''})")
+    if cfg.get("method", "mitdet") == "uts":
+        from mitoqp.training.uts import train_uts
+
+        return train_uts(cfg, train_fields, val_fields, run_dir, log, extra)
     return train(cfg, train_fields, val_fields, run_dir, log, extra)

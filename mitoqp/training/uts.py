@@ -1,0 +1,305 @@
+"""UTS: weakly supervised mitosis localisation with an uninformed teacher and a distilled student.
+
+Fernandez-Martin et al. (../shared/docs/papers/uts-teacher-student.txt):
+1. the teacher, a fully convolutional network, learns from image-level labels
+   only (an image holds a figure or not), its image score the maximum of its
+   probability map (Eq. 1), under strong augmentation (optical and grid
+   distortion) that keeps it from memorising hard cases;
+2. on the positive training images, the teacher's map is thresholded at the
+   operating point of its image-level ROC on validation, each object's centroid
+   is its probability-weighted mean position (Eq. 2), and an image is kept only
+   if some centroid lies within tau of an annotated figure (Eqs. 4-5);
+3. the student learns the same way, on the negatives and the kept positives,
+   under weak augmentation (flips and rotations).
+
+Where our data forces a change (also in configs/uts.toml): every AMi-Br field
+is 128 px centred on a figure, so image-level negatives exist only as small
+crops. Images are 48-px crops (12 um): positives hold a figure at least 12 px
+inside; negatives lie at the field's edge with every known figure at least
+16 px outside them, and around candidates of the slides' training halves.
+There are no ImageNet weights, so the network trains from scratch (AdamW,
+one-cycle, lr 1e-3, instead of Adam at 1e-4 from pretrained blocks). The epoch
+is chosen by mean recall over 1-64 false detections per mm^2 on the validation
+fields, the same criterion as every mitoqp recipe (the paper: image-level
+classification). Detections at inference are the map's peaks (the runtime's
+dense path) rather than centroids of the thresholded mask; tau is the
+project's matching radius, 7.5 um (the paper's 30 px at its resolution).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from mitoqp.candidates import CandidateParams
+from mitoqp.datasets import Field
+from mitoqp.metrics import froc, match_detections, roc_auc
+from mitoqp.patches import extract_patches
+from mitoqp.peaks import find_peaks
+from mitoqp.training.fcn import WeakFCN, build_fcn, receptive_radius
+from mitoqp.training.model import count_macs
+from mitoqp.training.samples import SampleSet
+
+FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
+MEAN_RECALL_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class WeakSet:
+    """Images with image-level labels; the figure centres inside positives are kept only for distillation."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) 1: holds a mitotic figure
+    figures: list  # per image, (k, 2) figure centres in its pixels (empty for negatives)
+
+    def select(self, keep: np.ndarray) -> "WeakSet":
+        idx = np.flatnonzero(keep)
+        return WeakSet(self.images[idx], self.labels[idx], [self.figures[i] for i in idx])
+
+    @staticmethod
+    def concat(parts: list["WeakSet"]) -> "WeakSet":
+        return WeakSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                       [f for p in parts for f in p.figures])
+
+
+def field_images(fields: list[Field], size: int, rng: np.random.Generator, per_field: int = 2,
+                 inside: int = 12, clearance: int = 16) -> WeakSet:
+    """`per_field` positive and up to `per_field` negative crops of each field (see the module's note)."""
+    images, labels, figures = [], [], []
+    for f in fields:
+        img = f.image()
+        h, w = img.shape[:2]
+        figs = np.asarray(f.figures, float).reshape(-1, 2)
+        if len(figs) == 0:
+            continue
+        centre = figs[np.argmin(np.hypot(*(figs - [w / 2, h / 2]).T))]
+        half = size // 2
+        for _ in range(per_field):  # positives: the figure anywhere at least `inside` px from the crop's edge
+            c = np.rint(centre + rng.uniform(-(half - inside), half - inside, 2))
+            images.append(extract_patches(img, c[None], size)[0])
+            labels.append(1)
+            figures.append(figs - (c - half))
+        # negatives: crops along the field's edge, fully inside it, every figure `clearance` px outside the crop
+        tries = 0
+        made = 0
+        while made < per_field and tries < 20 * per_field:
+            tries += 1
+            c = np.array([rng.uniform(half, w - half), rng.uniform(half, h - half)])
+            side = rng.integers(4)
+            c[side % 2] = half if side < 2 else (w - half if side % 2 == 0 else h - half)
+            c = np.rint(c)
+            lo, hi = c - half - clearance, c + half + clearance
+            if np.any(np.all((figs >= lo) & (figs < hi), axis=1)):
+                continue
+            images.append(extract_patches(img, c[None], size)[0])
+            labels.append(0)
+            figures.append(np.zeros((0, 2)))
+            made += 1
+    return WeakSet(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+                   np.asarray(labels, np.int64), figures)
+
+
+def slide_images(samples: SampleSet, size: int) -> WeakSet:
+    """Negatives from real slides: the centre `size` px of the slide candidates' crops (no figures there)."""
+    neg = np.flatnonzero(samples.labels == 0)
+    o = (samples.crops.shape[1] - size) // 2
+    return WeakSet(np.ascontiguousarray(samples.crops[neg, o:o + size, o:o + size]), np.zeros(len(neg), np.int64),
+                   [np.zeros((0, 2))] * len(neg))
+
+
+def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    k, flip = rng.integers(4), rng.integers(2)
+    out = np.rot90(images, k, axes=(1, 2))
+    return np.ascontiguousarray(out[:, :, ::-1] if flip else out)
+
+
+class StrongAugment:
+    """The paper's strong augmentation: optical and grid distortion (albumentations), then flips and rotations."""
+
+    def __init__(self, seed: int):
+        try:
+            import albumentations as A
+        except ImportError:
+            raise ValueError("the UTS teacher's strong augmentation needs albumentations: pip install 'mitoqp[train]'") from None
+        self.transform = A.Compose([A.OpticalDistortion(distort_limit=0.5, p=0.8),
+                                    A.GridDistortion(num_steps=5, distort_limit=0.3, p=0.8)], seed=seed)
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = np.stack([self.transform(image=im)["image"] for im in images])
+        return dihedral(out, rng)
+
+
+def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64) -> list[np.ndarray]:
+    """The probability map of each whole field (all fields share a size)."""
+    maps = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(fields), batch):
+            x = np.stack([f.image() for f in fields[i:i + batch]])
+            maps += list(model(torch.from_numpy(x).permute(0, 3, 1, 2).float())[:, 0].numpy())
+    return maps
+
+
+def localisation(model: WeakFCN, fields: list[Field], radius_um: float, min_distance_um: float,
+                 floor: float = 0.05) -> dict:
+    """Peaks of each validation field's map matched to its figures: the recipe's FROC, HPF-F1 and mean recall."""
+    matches = []
+    for f, m in zip(fields, field_maps(model, fields)):
+        xy, s = find_peaks(m, floor, min_distance_um / (f.mpp * model.stride))
+        xy = xy * model.stride + (model.stride - 1) / 2
+        matches.append(match_detections(xy, s, f.figures, radius_um / f.mpp, f.lookalikes))
+    points = froc(matches, FIELD_AREA_MM2 * len(fields))
+    best = max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
+    best["mean_recall"] = float(np.mean([max((p["recall"] for p in points if p["fp_per_mm2"] <= level), default=0.0)
+                                         for level in MEAN_RECALL_LEVELS]))
+    return best
+
+
+def image_scores(model: WeakFCN, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([torch.sigmoid(model.image_logits(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2)
+                                                                 .float())).numpy()
+                               for i in range(0, len(images), batch)] or [np.zeros(0)])
+
+
+def roc_operating_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The ROC operating point (Youden's J) of the image-level scores: the paper's mask threshold."""
+    order = np.unique(scores)
+    best, cut = -1.0, 0.5
+    for t in order:
+        j = (scores[labels == 1] >= t).mean() - (scores[labels == 0] >= t).mean()
+        if j > best:
+            best, cut = j, float(t)
+    return cut
+
+
+def distil(teacher: WeakFCN, positives: WeakSet, threshold: float, tau_px: float) -> np.ndarray:
+    """Eqs. 2, 4, 5: keep a positive image iff a teacher object's weighted centroid lies within tau of a figure."""
+    keep = np.zeros(len(positives.labels), bool)
+    teacher.eval()
+    s = teacher.stride
+    with torch.no_grad():
+        for i in range(0, len(keep), 256):
+            x = torch.from_numpy(positives.images[i:i + 256]).permute(0, 3, 1, 2).float()
+            for j, h in enumerate(teacher(x)[:, 0].numpy()):
+                labels, n = ndimage.label(h >= threshold)
+                if n == 0:
+                    continue
+                cy, cx = np.asarray(ndimage.center_of_mass(h, labels, range(1, n + 1))).reshape(-1, 2).T
+                centroids = np.stack([cx * s + (s - 1) / 2, cy * s + (s - 1) / 2], axis=1)
+                figs = positives.figures[i + j]
+                if len(figs):
+                    d = np.hypot(*(centroids[:, None, :] - figs[None, :, :]).transpose(2, 0, 1))
+                    keep[i + j] = bool((d < tau_px).any())
+    return keep
+
+
+def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: list[Field], t_cfg: dict, strong: bool,
+        name: str, run_dir: Path, log, radius_um: float, min_distance_um: float) -> tuple[dict, dict]:
+    """Train on image labels (class-balanced batches, BCE on the max-aggregated logit); the best state by mean recall."""
+    seed = int(t_cfg.get("seed", 0))
+    rng = np.random.default_rng(seed)
+    epochs, batch = int(t_cfg.get("epochs", 40)), int(t_cfg.get("batch", 64))
+    steps = max(1, int(t_cfg.get("epoch_samples", 8000)) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(t_cfg.get("lr", 1e-3)), weight_decay=float(t_cfg.get("weight_decay", 1e-4)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t_cfg.get("lr", 1e-3)), total_steps=epochs * steps)
+    augment = StrongAugment(seed) if strong else None
+    pos, neg = np.flatnonzero(train_set.labels == 1), np.flatnonzero(train_set.labels == 0)
+    best, best_state = {"mean_recall": -1.0}, None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        te = time.time()
+        losses = []
+        for _ in range(steps):
+            idx = np.concatenate([rng.choice(pos, batch // 2), rng.choice(neg, batch - batch // 2)])
+            images = train_set.images[idx]
+            images = augment(images, rng) if augment is not None else dihedral(images, rng)
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+            y = torch.from_numpy(train_set.labels[idx]).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model.image_logits(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        metrics = localisation(model, val_fields, radius_um, min_distance_um)
+        metrics["image_auc"] = roc_auc(val_images.labels == 1, image_scores(model, val_images.images))
+        metrics.update(stage=name, epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
+        log(f"{name} epoch {epoch}: loss {metrics['loss']:.4f} image AUC {metrics['image_auc']:.4f} HPF-F1 "
+            f"{metrics['hpf_f1']:.3f} (recall {metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at "
+            f"t={metrics['threshold']:.3f}) mean recall {metrics['mean_recall']:.3f} {metrics['seconds']:.0f}s")
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if metrics["mean_recall"] > best["mean_recall"]:
+            best, best_state = metrics, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return best, best_state
+
+
+def context_px(model: WeakFCN) -> int:
+    """The input cut from each tile edge at run time: the receptive radius, rounded up to whole output pixels."""
+    return -(-receptive_radius(model) // model.stride) * model.stride
+
+
+def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
+              slide_samples: list[SampleSet] | None = None) -> dict:
+    """Teacher, distillation, student; writes teacher.pt and best.pt (the student) into `run_dir`."""
+    t_cfg, m_cfg, d_cfg = cfg.get("train", {}), cfg.get("model", {}), cfg.get("dense", {})
+    seed = int(t_cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
+    size = int(m_cfg.get("image", 48))
+    radius_um = float(cfg.get("match_radius_um", 7.5))
+    min_distance_um = float(d_cfg.get("min_distance_um", 8.0))
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    per_field = int(t_cfg.get("images_per_field", 2))
+    train_set = field_images(train_fields, size, rng, per_field)
+    if slide_samples:
+        train_set = WeakSet.concat([train_set, *[slide_images(s, size) for s in slide_samples]])
+    val_images = field_images(val_fields, size, np.random.default_rng(seed + 1), 1)
+    log(f"images of {size} px: train {int(train_set.labels.sum())} positive / {int((train_set.labels == 0).sum())} "
+        f"negative, validation {int(val_images.labels.sum())} / {int((val_images.labels == 0).sum())} ({time.time() - t0:.0f}s)")
+
+    def save(model: WeakFCN, metrics: dict, state: dict, path: Path, stage: str) -> None:
+        tile = int(d_cfg.get("tile", 512))
+        if tile <= 2 * context_px(model):
+            raise ValueError(f"dense.tile {tile} must exceed twice the network's context ({context_px(model)} px)")
+        torch.save({"kind": "dense", "method": "uts", "stage": stage, "state_dict": state, "config": cfg,
+                    "threshold": metrics["threshold"], "patch": tile, "val_metrics": metrics,
+                    "candidates": CandidateParams().to_dict(), "nms_um": min_distance_um,
+                    "macs": count_macs(model, tile),
+                    "dense": {"output_stride": model.stride, "context_px": context_px(model),
+                              "min_distance_um": min_distance_um, "peak_floor": float(d_cfg.get("peak_floor", 0.05))}},
+                   path)
+
+    teacher = build_fcn(m_cfg)
+    log(f"model: {sum(p.numel() for p in teacher.parameters())} parameters, "
+        f"{count_macs(teacher, int(d_cfg.get('tile', 512))) / 1e6:.1f} M MACs per {d_cfg.get('tile', 512)}-px tile, "
+        f"receptive radius {receptive_radius(teacher)} px")
+    t_best, t_state = fit(teacher, train_set, val_images, val_fields, t_cfg, True, "teacher", run_dir, log,
+                          radius_um, min_distance_um)
+    save(teacher, t_best, t_state, run_dir / "teacher.pt", "teacher")
+    threshold = roc_operating_threshold(val_images.labels, image_scores(teacher, val_images.images))
+    positive = train_set.labels == 1
+    kept = distil(teacher, train_set.select(positive), threshold, radius_um / 0.25)
+    keep = ~positive
+    keep[np.flatnonzero(positive)[kept]] = True
+    log(f"distillation at map threshold {threshold:.3f}: kept {int(kept.sum())} of {int(positive.sum())} positive images")
+    torch.manual_seed(seed)
+    student = build_fcn(m_cfg)
+    s_best, s_state = fit(student, train_set.select(keep), val_images, val_fields, t_cfg, False, "student", run_dir, log,
+                          radius_um, min_distance_um)
+    s_best["distilled_positives"] = [int(kept.sum()), int(positive.sum())]
+    save(student, s_best, s_state, run_dir / "best.pt", "student")
+    log(f"teacher: mean recall {t_best['mean_recall']:.3f}, HPF-F1 {t_best['hpf_f1']:.3f}; "
+        f"student: mean recall {s_best['mean_recall']:.3f}, HPF-F1 {s_best['hpf_f1']:.3f} at threshold {s_best['threshold']:.4f}")
+    return s_best

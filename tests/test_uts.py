@@ -1,0 +1,95 @@
+"""UTS: the weakly supervised FCN, its images, the teacher's distillation, and the recipe end to end at smoke size."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import synthetic_fields  # noqa: E402
+from mitoqp.training.fcn import WeakFCN, receptive_radius  # noqa: E402
+from mitoqp.training.uts import WeakSet, distil, field_images, roc_operating_threshold  # noqa: E402
+
+
+def test_fcn_gives_maps_at_stride_4_and_a_max_image_logit():
+    model = WeakFCN((8, 8, 16, 16)).eval()
+    x = torch.rand(2, 3, 64, 48) * 255
+    maps = model(x)
+    assert maps.shape == (2, 1, 16, 12) and ((maps >= 0) & (maps <= 1)).all()
+    logit = model.image_logits(x)
+    assert logit.shape == (2,) and torch.allclose(torch.sigmoid(logit), maps.amax(dim=(1, 2, 3)), atol=1e-6)
+    assert 20 < receptive_radius(model) < 64
+
+
+def test_field_images_hold_the_figure_or_keep_clear_of_every_figure(tmp_path):
+    fields = synthetic_fields(tmp_path, 12, "train", 0)
+    ws = field_images(fields, 48, np.random.default_rng(0), per_field=2)
+    pos, neg = ws.labels == 1, ws.labels == 0
+    assert pos.sum() == 24 and 0 < neg.sum() <= 24 and ws.images.shape[1:] == (48, 48, 3)
+    for lab, figs in zip(ws.labels, ws.figures):
+        inside = np.all((figs >= 12) & (figs <= 36), axis=1) if len(figs) else np.zeros(0, bool)
+        if lab == 1:
+            assert inside.any()  # the field's figure at least 12 px inside
+        else:
+            assert len(figs) == 0
+
+
+class MapModel(torch.nn.Module):
+    """Fixed probability maps (a teacher whose objects sit where the test puts them)."""
+
+    stride = 4
+
+    def __init__(self, maps):
+        super().__init__()
+        self.maps = torch.from_numpy(maps)
+
+    def forward(self, x):
+        return self.maps[: len(x)]
+
+
+def test_distillation_keeps_positives_whose_teacher_object_meets_a_figure():
+    maps = np.zeros((3, 1, 12, 12), np.float32)
+    maps[0, 0, 5:7, 5:7] = 0.9  # object centre (5.5, 5.5) -> 23.5 px: on the figure
+    maps[1, 0, 0:2, 9:11] = 0.9  # object at (9.5, 0.5) -> (39.5, 3.5): 25 px from the figure
+    ws = WeakSet(np.zeros((3, 48, 48, 3), np.uint8), np.ones(3, np.int64),
+                 [np.array([[24.0, 24.0]]), np.array([[24.0, 24.0]]), np.array([[24.0, 24.0]])])
+    assert distil(MapModel(maps), ws, 0.5, tau_px=30 / 4).tolist() == [True, False, False]  # the third: no object
+
+
+def test_roc_operating_point_separates_the_classes():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert roc_operating_threshold(labels, np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])) == pytest.approx(0.6)
+
+
+def test_uts_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path):
+    from PIL import Image
+
+    from mitoqp.cli import main
+    from mitoqp.export.onnx_export import export_model
+    from mitoqp.patches import extract_patches
+    from mitoqp.training.uts import train_uts
+
+    tr, va = synthetic_fields(tmp_path, 16, "train", 0), synthetic_fields(tmp_path, 6, "validation", 1)
+    cfg = {"method": "uts", "model": {"image": 48, "widths": [8, 8, 16, 16]}, "dense": {"tile": 128},
+           "train": {"epochs": 2, "epoch_samples": 64, "batch": 16, "threads": 1, "lr": 0.01}}
+    logs = []
+    best = train_uts(cfg, tr, va, tmp_path / "run", logs.append)
+    assert (tmp_path / "run" / "teacher.pt").exists() and (tmp_path / "run" / "best.pt").exists()
+    assert any("distillation" in m for m in logs) and len(best["distilled_positives"]) == 2
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 128) for f in va])
+    config = export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches, {"id": "uts-smoke"})
+    assert config["kind"] == "dense" and config["parity"]["decisions_differ"] == 0
+    assert config["dense"]["output_stride"] == 4 and config["dense"]["context_px"] % 4 == 0
+    assert 0 < config["dense"]["context_px"] < 64
+    Image.fromarray(np.hstack([va[0].image(), va[1].image()])).save(tmp_path / "field.png")
+    assert main(["run", "-q", str(tmp_path / "field.png"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model"),
+                 "--mpp", "0.25"]) == 0
+    rec = json.loads((tmp_path / "out" / "field.result.json").read_text())
+    assert rec["status"] == "ok" and rec["candidates"] >= rec["mitotic_count"] >= 0
+    assert json.loads((tmp_path / "out" / "field.geojson").read_text())["type"] == "FeatureCollection"
+    from mitoqp.runtime.model import load_model
+
+    ort, pt = load_model(tmp_path / "model"), load_model(tmp_path / "model", backend="torch")
+    x = patches[:5]
+    assert np.abs(ort.backend.predict(x) - pt.backend.predict(x)).max() < 1e-5
