@@ -180,7 +180,10 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mitoqp.evaluate import evaluate_main
+    from mitoqp.methods import compare_models
 
+    if args.models:
+        return one_line_errors(lambda: compare_models(args, evaluate_main))
     return one_line_errors(lambda: evaluate_main(args))
 
 
@@ -301,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a model on held-out fields and slides",
                        description="Runs the full runtime path on each field; FROC, HPF-equivalent F1, AUC, bootstrap intervals.")
     v.add_argument("--model", default=None, help="model name (mitoqp models) or folder (default: the bundled model)")
+    v.add_argument("--models", default=None, metavar="A,B,...",
+                   help="compare several models (names or folders): each evaluated into OUT/<name>, the table in OUT/methods.md")
+    v.add_argument("--table", type=Path, default=None, help="with --models: also write the table here (benchmarks/METHODS.md)")
+    v.add_argument("--bench-slide", type=Path, default=None, help="with --models: also time each model on this slide")
     v.add_argument("--splits", default="validation,test,atnorm-br", help="comma-separated: validation, test, atnorm-br")
     v.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
     v.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br")

@@ -221,14 +221,17 @@ def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_
                 w, h = slide.info.dimensions
                 roi = shapely.box(0, 0, w, h).difference(training_region(w, h, entry["train_region"]))
                 part = "held-out part"
+            t = time.perf_counter()
             res = analyse_slide(slide, model, Options(mpp=mpp or fallback_mpp, threshold=threshold, roi=roi,
                                                       stain_normalise=stain_normalise))
+            seconds = time.perf_counter() - t
         area = res.analysed_area_mm2
         rows.append({"slide": p.name, "part": part, "mpp": res.mpp,
                      "mpp_from": "metadata" if slide.info.mpp else "assumed",
                      "tissue_mm2": round(area, 3), "detections": res.count,
                      "detections_per_mm2": round(res.count / area, 2) if area else None,
-                     "candidates_per_mm2": round(res.candidates / area, 1) if area else None})
+                     "candidates_per_mm2": round(res.candidates / area, 1) if area else None,
+                     "seconds": round(seconds, 2)})
     return rows
 
 

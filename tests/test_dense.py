@@ -157,3 +157,23 @@ def test_registry_lists_bundled_and_installed_models_and_resolves_names(tmp_path
     assert "darkness | darkness | dense | 64 px" in out and "default | " in out
     assert main(["models", "--json"]) == 0
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= {"default", "darkness", "broken"}
+
+
+def test_evaluate_models_writes_one_comparison_table(tmp_path):
+    from conftest import AMIBR
+
+    if not AMIBR.exists():
+        pytest.skip("../shared/data/ami-br is not present")
+    from mitoqp.cli import main
+
+    darkness_model(tmp_path / "darkness")
+    table = tmp_path / "METHODS.md"
+    assert main(["evaluate", "--models", f"default,{tmp_path / 'darkness'}", "--limit", "3", "--bootstrap", "0",
+                 "--slides", "--splits", "test,atnorm-br", "-o", str(tmp_path / "cmp"), "--table", str(table)]) == 0
+    text = table.read_text()
+    assert (tmp_path / "cmp" / "default" / "evaluation.json").exists()
+    assert (tmp_path / "cmp" / "darkness" / "evaluation.json").exists()
+    rows = [line for line in text.splitlines() if "| default (" in line or "| darkness (" in line]
+    assert len(rows) == 2 and rows[0].startswith("| baseline | default") and "| patch |" in rows[0]
+    assert rows[1].startswith("| other | darkness") and "| dense |" in rows[1]
+    assert text == (tmp_path / "cmp" / "methods.md").read_text()
