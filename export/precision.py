@@ -20,15 +20,11 @@ import numpy as np
 
 from mitoqp.io_utils import atomic_path
 from mitoqp.runtime.nchw import to_nchw
+from mitoqp.runtime.backend import variant_name
 from mitoqp.runtime.model import sha256_file
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def variant_name(onnx_file: str, precision: str) -> str:
-    """model.onnx -> model.int8.onnx; FP32 is the file itself."""
-    return onnx_file if precision == "fp32" else onnx_file.removesuffix(".onnx") + f".{precision}.onnx"
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

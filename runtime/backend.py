@@ -106,10 +106,13 @@ def resolve_backend(kind: str) -> str:
     raise ValueError("no inference engine is installed: pip install onnxruntime")
 
 
+def variant_name(onnx_file: str, precision: str) -> str:
+    """A precision's file beside the FP32 graph: model.onnx -> model.int8.onnx; FP32 is the file itself."""
+    return onnx_file if precision == "fp32" else onnx_file.removesuffix(".onnx") + f".{precision}.onnx"
+
+
 def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = "fp32", patch: int = 96) -> Backend:
     """A backend for one ONNX file of a model folder, in `precision` (the folder must hold that variant)."""
-    from mitoqp.export.precision import variant_name
-
     kind = resolve_backend(kind)
     if kind == "tensorrt":
         from mitoqp.runtime.tensorrt_backend import load_tensorrt

@@ -228,7 +228,7 @@ def load_tensorrt(folder: Path, onnx_file: str, precision: str, patch: int, cach
         raise ValueError("the tensorrt backend takes its GPU memory from PyTorch: pip install torch (a CUDA build)") from None
     if not torch.cuda.is_available():
         raise ValueError("the tensorrt backend needs an NVIDIA GPU, and none is visible")
-    from mitoqp.export.precision import variant_name
+    from mitoqp.runtime.backend import variant_name
     from mitoqp.runtime.model import sha256_file
 
     graph_precision, flags, strongly_typed = precision_plan(trt.__version__, precision)

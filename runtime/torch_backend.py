@@ -18,7 +18,7 @@ def torch_file(onnx_path: Path) -> Path:
 
 
 class TorchBackend:
-    def __init__(self, weights: Path, device: str = "auto", precision: str = "fp32", compile: bool | None = None,
+    def __init__(self, weights: Path, device: str = "auto", precision: str = "fp32", compile_model: bool | None = None,
                  threads: int = 0):
         try:
             import torch
@@ -54,7 +54,7 @@ class TorchBackend:
         model = model.eval().to(self.device, self.dtype)
         if device == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        if compile if compile is not None else device == "cuda":
+        if compile_model if compile_model is not None else device == "cuda":
             model = torch.compile(model, dynamic=True)
         self.model = model
         self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
