@@ -193,7 +193,7 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
 
 
 def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
-                subtype: Path | None = None, precisions: list[str] | None = None) -> dict:
+                subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
 
     No checkpoint: add to the folder in `out_dir` (a subtype model, precision variants).
@@ -205,7 +205,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
-    if not checkpoints and subtype is None and not precisions:
+    if not checkpoints and subtype is None and not precisions and not model_id:
         raise ValueError("give a checkpoint to export, or --subtype / --precision to add to the model folder in -o")
     if checkpoints or subtype is not None:
         _, ckpt = load_checkpoint(checkpoints[0] if checkpoints else subtype)
@@ -224,10 +224,13 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         config = export_ensemble(checkpoints, out_dir, patches, fields)
         print(json.dumps([m["parity"] for m in config["members"]]))
     elif checkpoints:
-        config = export_model(checkpoints[0], out_dir, patches)
+        config = export_model(checkpoints[0], out_dir, patches, {"id": model_id} if model_id else None)
         print(json.dumps(config["parity"]))
     else:
         config = json.loads((out_dir / "model.json").read_text())
+    if model_id and config.get("id") != model_id:
+        config["id"] = model_id
+        write_json_atomic(out_dir / "model.json", config)
     if subtype is not None:
         config = attach_subtype(out_dir, subtype, patches)
         print(json.dumps(config["subtype_model"]["parity"]))

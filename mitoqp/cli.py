@@ -141,8 +141,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     def export() -> None:
         from mitoqp.runtime.model import load_model
 
-        if args.checkpoints or args.subtype or [p for p in precisions if p != "fp32"] or not args.engine:
-            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions)
+        if args.checkpoints or args.subtype or args.id or [p for p in precisions if p != "fp32"] or not args.engine:
+            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id)
         if args.engine:  # TensorRT engines now, not on a slide's first batch
             for p in precisions or ["fp32"]:
                 model = load_model(args.out, backend="tensorrt", precision=p)
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="", metavar="fp32,fp16,int8",
                    help="also write these precisions (FP16 graph; INT8 calibrated on validation patches), each kept "
                         "only if no decision differs from FP32")
+    e.add_argument("--id", default=None, help="the model's id in model.json (default: the folder's name)")
     e.add_argument("--engine", action="store_true",
                    help="build the TensorRT engines of the folder's precisions ahead of time (needs TensorRT and a GPU)")
     e.set_defaults(func=cmd_export)
