@@ -41,7 +41,7 @@ def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray,
     )
     write_json_atomic(out_dir / "model.json", config)
     (out_dir / "model.onnx").unlink(missing_ok=True)  # a folder is one model or one ensemble, never both
-    outs = run_fields(val_fields, load_model(out_dir))
+    outs = run_fields(val_fields, load_model(out_dir, subtype_floor=0.0))
     area = sum(o.area_mm2 for o in outs)
     best = max(froc([o.match for o in outs], area), key=lambda p: (p["hpf_f1"], p["threshold"]))
     config["threshold"] = float(best["threshold"])

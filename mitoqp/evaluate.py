@@ -287,7 +287,7 @@ def markdown(report: dict) -> str:
 
 
 def evaluate_main(args) -> dict:
-    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision)
+    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0)
     threshold = model.threshold if args.threshold is None else args.threshold
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     sets: dict[str, list[Field]] = {}

@@ -11,6 +11,7 @@ subtype model and test-time augmentation wrap any of them.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -38,15 +39,24 @@ class EnsembleBackend:
 
 
 class SubtypeJoin:
-    """A detector's mitosis probability beside a second model's atypical probability (its output `column`)."""
+    """A detector's mitosis probability beside a second model's atypical probability (its output `column`).
 
-    def __init__(self, detector: Backend, subtype: Backend, column: int = 1):
-        self.detector, self.subtype, self.column = detector, subtype, column
+    The subtype model runs only on patches the detector scores at least `floor` (NaN elsewhere): far
+    below any detection threshold, so every detection has its subtype, at a fraction of the cost.
+    """
+
+    def __init__(self, detector: Backend, subtype: Backend, column: int = 1, floor: float = 0.0):
+        self.detector, self.subtype, self.column, self.floor = detector, subtype, column, floor
         self.name = f"{detector.name}+subtype"
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         det = self.detector.predict(patches)[:, :1]
-        return np.concatenate([det, self.subtype.predict(patches)[:, self.column:self.column + 1]], axis=1)
+        out = np.full((len(det), 2), np.nan, np.float32)
+        out[:, 0] = det[:, 0]
+        ask = np.flatnonzero(det[:, 0] >= self.floor)
+        if len(ask):
+            out[ask, 1] = self.subtype.predict(patches[ask])[:, self.column]
+        return out
 
 
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # rotations by k*90 degrees, then a mirror
@@ -78,8 +88,10 @@ class DihedralTTA:
         self.name = f"{inner.name}+tta{views}"
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
-        return np.mean([undo_view(self.inner.predict(dihedral_view(patches, k, f)), k, f) for k, f in self.views],
-                       axis=0).astype(np.float32)
+        views = [undo_view(self.inner.predict(dihedral_view(patches, k, f)), k, f) for k, f in self.views]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a subtype left out (NaN) in every view stays NaN
+            return np.nanmean(views, axis=0).astype(np.float32)
 
 
 def gpu_visible() -> bool:

@@ -11,6 +11,9 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, SubtypeJoin, make_backend
 
 
+SUBTYPE_FLOOR = 0.25  # detector score from which a joined subtype model is asked (thresholds lie far above)
+
+
 @dataclass
 class Model:
     directory: Path
@@ -103,7 +106,7 @@ def check_variant(directory: Path, config: dict, onnx_file: str, precision: str,
 
 
 def load_model(directory: Path | str | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
-               tta: int = 1, precision: str = "fp32") -> Model:
+               tta: int = 1, precision: str = "fp32", subtype_floor: float | None = None) -> Model:
     """Load an exported model folder (or a model by its registry name); checks the files against their hashes.
 
     `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
@@ -143,5 +146,6 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
     sub = config.get("subtype_model")
     if sub:  # a second model in the folder gives the atypical probability
-        runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)))
+        floor = float(config.get("subtype_floor", SUBTYPE_FLOOR)) if subtype_floor is None else subtype_floor
+        runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)), floor)
     return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)

@@ -362,11 +362,18 @@ def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, ti
     patches = np.stack([synthetic_field(rng, 64, atypical=i % 2 == 1)[0][16:48, 16:48] for i in range(8)])
     cfg = attach_subtype(folder, tiny_subtype_model_dir.parent / "run" / "best.pt", patches)
     assert cfg["outputs"] == ["mitosis", "atypical"] and cfg["subtype_model"]["parity"]["decisions_differ"] == 0
-    joined, det, sub = load_model(folder), load_model(tiny_model_dir), load_model(tiny_subtype_model_dir)
+    joined, det, sub = load_model(folder, subtype_floor=0.0), load_model(tiny_model_dir), load_model(tiny_subtype_model_dir)
     assert joined.has_subtype and joined.atypical_threshold == sub.atypical_threshold
     out = joined.backend.predict(patches)
     np.testing.assert_allclose(out[:, 0], det.backend.predict(patches)[:, 0], atol=1e-6)
     np.testing.assert_allclose(out[:, 1], sub.backend.predict(patches)[:, 1], atol=1e-6)
+    # the subtype model is asked only where the detector reaches the floor: every detection keeps its subtype
+    floor = float(np.median(out[:, 0]))
+    gated = load_model(folder, subtype_floor=floor).backend.predict(patches)
+    asked = out[:, 0] >= floor
+    assert 0 < asked.sum() < len(asked) and np.isnan(gated[~asked, 1]).all()
+    np.testing.assert_allclose(gated[asked], out[asked], atol=1e-6)
+    assert not np.isnan(load_model(folder, subtype_floor=floor, tta=2).backend.predict(patches)[:, 0]).any()
     assert joined.sha256 != det.sha256  # a re-run redoes slides done without the subtype model
     with open(folder / "subtype.onnx", "ab") as f:
         f.write(b"\0")
