@@ -43,7 +43,8 @@ def row_values(reports: list[dict]) -> dict[str, list[float]]:
                 cols.setdefault(name, []).append(float(v))
             if s.get("subtype"):
                 cols.setdefault(f"{short} subtype bal. acc.", []).append(float(s["subtype"]["balanced_accuracy"]))
-        cols.setdefault("M MACs/patch", []).append((r["model"].get("macs_per_patch") or 0) / 1e6)
+        if r["model"].get("macs_per_patch"):  # older evaluations did not record it
+            cols.setdefault("M MACs/patch", []).append(r["model"]["macs_per_patch"] / 1e6)
         if r.get("patch_cost"):
             cols.setdefault("CPU ms/patch", []).append(float(r["patch_cost"]["ms_per_patch"]))
     return cols
