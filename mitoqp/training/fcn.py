@@ -8,7 +8,11 @@ max aggregation). No ImageNet weights exist here: the blocks are the project's
 own residual blocks, trained from scratch, at output stride 4.
 
 Input: float32 (N, 3, H, W) RGB 0..255 (normalisation inside the graph, like
-every mitoqp model). `forward` gives (N, 1, H/4, W/4) probability maps.
+every mitoqp model). `forward` gives (N, 1, H/4, W/4) score maps,
+sigmoid(logit / 4): max-aggregated training drives the logits of figures past
+17, where sigmoid rounds to exactly 1 in float32 and the peaks of a slide lose
+their order; the temperature keeps them apart (up to a logit of about 66)
+without changing which peak ranks above which.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 from mitoqp.training.model import ResidualBlock
 
 STRIDE = 4
+TEMPERATURE = 4.0  # of the exported score maps (training uses the logits)
 
 
 class WeakFCN(nn.Module):
@@ -41,10 +46,10 @@ class WeakFCN(nn.Module):
         return self.classifier(self.stages(self.stem((x - self.mean) * self.scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logit_maps(x))
+        return torch.sigmoid(self.logit_maps(x) / TEMPERATURE)
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The image-level logit: the maximum over positions (max of logits = logit of the max probability)."""
+        """The image-level logit: the maximum over positions (what Eq. 1's loss is computed on)."""
         return self.logit_maps(x).amax(dim=(1, 2, 3))
 
 

@@ -162,11 +162,11 @@ def localisation(model: WeakFCN, fields: list[Field], radius_um: float, min_dist
 
 
 def image_scores(model: WeakFCN, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Image-level scores on the maps' own scale (the maximum of each map), so a threshold on them applies to maps."""
     model.eval()
     with torch.no_grad():
-        return np.concatenate([torch.sigmoid(model.image_logits(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2)
-                                                                 .float())).numpy()
-                               for i in range(0, len(images), batch)] or [np.zeros(0)])
+        return np.concatenate([model(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float()).amax(dim=(1, 2, 3))
+                               .numpy() for i in range(0, len(images), batch)] or [np.zeros(0)])
 
 
 def roc_operating_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
