@@ -202,6 +202,8 @@ def dense_tiles(slide: Slide, prep: Prepared, spec: DenseSpec, workers: int) -> 
         prep.timings["read"] += win.read_seconds
         t = time.perf_counter()
         tiles, origins = cut_tiles(win.rgb, win.core, spec)
+        if prep.normaliser is not None:
+            tiles = prep.normaliser(tiles)
         prep.timings["patches"] += time.perf_counter() - t
         yield win, tiles, origins
 
