@@ -95,14 +95,11 @@ def comparison_table(rows: list[tuple[str, Model, dict, float | None]]) -> str:
         params = parameters(model)
         macs = macs_per_tumour_mp(model, report)
         slide_s = sum(s.get("seconds", 0.0) for s in report.get("slides", []))
-        lines.append(f"| {method} | {name} (`{model.id}`) | {model.kind} | {f1('test/all')} | {f1('external/atnorm-br')} | "
-                     f"{recall('test/all')} | {recall('external/atnorm-br')} | "
-                     f"{params / 1e6:.2f} M | {macs / 1e9:.1f} | {slide_s:.1f} | "
-                     f"{'-' if big is None else f'{big:.1f}'} | {paper} | {why} |"
-                     if params is not None and macs is not None else
-                     f"| {method} | {name} (`{model.id}`) | {model.kind} | {f1('test/all')} | {f1('external/atnorm-br')} | "
-                     f"{recall('test/all')} | {recall('external/atnorm-br')} | - | - | {slide_s:.1f} | "
-                     f"{'-' if big is None else f'{big:.1f}'} | {paper} | {why} |")
+        cells = [method, f"{name} (`{model.id}`)", model.kind, f1("test/all"), f1("external/atnorm-br"),
+                 recall("test/all"), recall("external/atnorm-br"),
+                 "-" if params is None else f"{params / 1e6:.2f} M", "-" if macs is None else f"{macs / 1e9:.1f}",
+                 f"{slide_s:.1f}", "-" if big is None else f"{big:.1f}", paper, why]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
