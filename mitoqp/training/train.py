@@ -98,6 +98,15 @@ def balanced_accuracy_threshold(scores: np.ndarray, atypical: np.ndarray) -> tup
     return best
 
 
+def froc_summary(matches: list[Match], area_mm2: float) -> dict:
+    """The best HPF-equivalent F1's operating point (ties: the higher threshold), with `mean_recall` over 1-64 FP/mm^2."""
+    points = froc(matches, area_mm2)
+    best = max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
+    best["mean_recall"] = float(np.mean([max((p["recall"] for p in points if p["fp_per_mm2"] <= level), default=0.0)
+                                         for level in MEAN_RECALL_LEVELS]))
+    return best
+
+
 def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_px: float, nms_px: float) -> dict:
     """Validation metrics; the threshold is the best HPF-equivalent F1's (ties: the higher threshold).
 
@@ -106,10 +115,7 @@ def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_
     """
     out = score(model, samples.crops, patch)
     scores = out[:, 0] if out.ndim == 2 else out
-    points = froc(field_matches(samples, scores, fields, radius_px, nms_px), FIELD_AREA_MM2 * len(fields))
-    best = max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
-    best["mean_recall"] = float(np.mean([max((p["recall"] for p in points if p["fp_per_mm2"] <= level), default=0.0)
-                                         for level in MEAN_RECALL_LEVELS]))
+    best = froc_summary(field_matches(samples, scores, fields, radius_px, nms_px), FIELD_AREA_MM2 * len(fields))
     known = samples.labels >= 0
     best["auc"] = roc_auc(samples.labels[known] == 1, scores[known])
     if out.ndim == 2:

@@ -39,15 +39,13 @@ from scipy import ndimage
 
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
-from mitoqp.metrics import froc, match_detections, roc_auc
+from mitoqp.metrics import match_detections, roc_auc
 from mitoqp.patches import extract_patches
 from mitoqp.peaks import find_peaks
 from mitoqp.training.fcn import WeakFCN, build_fcn, receptive_radius
 from mitoqp.training.model import count_macs
 from mitoqp.training.samples import SampleSet
-
-FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
-MEAN_RECALL_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+from mitoqp.training.train import FIELD_AREA_MM2, froc_summary
 
 
 @dataclass
@@ -154,11 +152,7 @@ def localisation(model: WeakFCN, fields: list[Field], radius_um: float, min_dist
         xy, s = find_peaks(m, floor, min_distance_um / (f.mpp * model.stride))
         xy = xy * model.stride + (model.stride - 1) / 2
         matches.append(match_detections(xy, s, f.figures, radius_um / f.mpp, f.lookalikes))
-    points = froc(matches, FIELD_AREA_MM2 * len(fields))
-    best = max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
-    best["mean_recall"] = float(np.mean([max((p["recall"] for p in points if p["fp_per_mm2"] <= level), default=0.0)
-                                         for level in MEAN_RECALL_LEVELS]))
-    return best
+    return froc_summary(matches, FIELD_AREA_MM2 * len(fields))
 
 
 def image_scores(model: WeakFCN, images: np.ndarray, batch: int = 256) -> np.ndarray:
