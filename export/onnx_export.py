@@ -18,7 +18,7 @@ from mitoqp.io_utils import atomic_path, write_json_atomic
 from mitoqp.runtime.nchw import to_nchw
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from mitoqp.runtime.model import sha256_file
-from mitoqp.training.fcn import build_fcn
+from mitoqp.training.dense_models import ARCHITECTURES, build_dense
 from mitoqp.training.model import build_model
 
 OPSET = 17
@@ -31,7 +31,7 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("kind") == "dense":
-            model = build_fcn(ckpt["config"].get("model", {}))
+            model = build_dense(ckpt.get("method"), ckpt["config"].get("model", {}))
         else:
             model = build_model(ckpt["config"].get("model", {}), int(ckpt.get("child_classes", 0)))
         model.load_state_dict(ckpt["state_dict"])
@@ -72,9 +72,17 @@ def save_torch_weights(model: torch.nn.Module, ckpt: dict, onnx_path: Path) -> P
     path = onnx_path.with_suffix(".pt")
     state = {k: v for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"kind": ckpt.get("kind", "patch"), "model": ckpt["config"].get("model", {}),
+        torch.save({"kind": ckpt.get("kind", "patch"), "method": ckpt.get("method"), "model": ckpt["config"].get("model", {}),
                     "child_classes": int(ckpt.get("child_classes", 0)), "state_dict": state}, tmp)
     return path
+
+
+def dense_output(ckpt: dict, model: torch.nn.Module) -> str:
+    """What a dense model's output holds, for model.json."""
+    names = ckpt.get("outputs", ["mitosis"])
+    s = model.stride
+    return f"(N, {len(names)}, H/{s}, W/{s}): probability maps of " + ", ".join(
+        {"mitosis": "mitotic figures", "nuclei": "nuclei"}.get(n, n) for n in names)
 
 
 def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: dict | None = None,
@@ -96,15 +104,15 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     config = {
         "id": (extra or {}).get("id", out_dir.name),
         "kind": "dense" if dense else "patch",
-        "architecture": ("WeakFCN (UTS)" if dense else "CompactResNet" + ("+SE" if m_cfg.get("se") else "")),
+        "architecture": (ARCHITECTURES[ckpt.get("method") or "uts"] if dense else "CompactResNet" + ("+SE" if m_cfg.get("se") else "")),
         "widths": list(m_cfg.get("widths", [24, 32, 64, 96] if dense else [16, 24, 48, 96])),
         "input_size": patch,
         "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
         "normalisation": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
-        "output": ("(N, 1, H/4, W/4): probability map of mitotic figures" if dense else
+        "output": (dense_output(ckpt, model) if dense else
                    "(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
                    else "probability of a mitotic figure"),
-        "outputs": ["mitosis", "atypical"] if subtype else ["mitosis"],
+        "outputs": ckpt.get("outputs", ["mitosis"]) if dense else ["mitosis", "atypical"] if subtype else ["mitosis"],
         "mpp": 0.25,
         "threshold": float(ckpt["threshold"]),
         "class_names": ["Mitotic figure (normal)", "Mitotic figure (atypical)"] if subtype else ["Mitotic figure"],

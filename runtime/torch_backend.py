@@ -24,7 +24,7 @@ class TorchBackend:
             import torch
         except ImportError:
             raise ValueError("the torch backend needs PyTorch: pip install torch") from None
-        from mitoqp.training.fcn import build_fcn
+        from mitoqp.training.dense_models import build_dense
         from mitoqp.training.model import build_model
 
         if device == "auto":
@@ -41,7 +41,7 @@ class TorchBackend:
         try:
             saved = torch.load(weights, map_location="cpu", weights_only=True)
             if saved.get("kind") == "dense":
-                model = build_fcn(saved["model"])
+                model = build_dense(saved.get("method"), saved["model"])
             else:
                 model = build_model(saved["model"], int(saved["child_classes"]))
             model.load_state_dict(saved["state_dict"])

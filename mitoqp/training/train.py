@@ -37,6 +37,25 @@ from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, BatchS
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 
 
+def _uts():
+    from mitoqp.training.uts import train_uts
+    return train_uts
+
+
+def _rdlm():
+    from mitoqp.training.rdlm import train_rdlm
+    return train_rdlm
+
+
+def _minugan():
+    from mitoqp.training.minugan import train_minugan
+    return train_minugan
+
+
+# recipes whose `method` trains a dense model (imported only when used)
+DENSE_TRAINERS = {"uts": _uts, "rdlm": _rdlm, "minugan": _minugan}
+
+
 def load_config(path: Path) -> dict:
     try:
         return tomllib.loads(Path(path).read_text())
@@ -352,8 +371,7 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
         got = extra[-1]
         log(f"slide {s['path']}: {int((got.labels == 1).sum())} positives, {int((got.labels == 0).sum())} negatives "
             f"(region {s.get('train_region', 'whole')}{', annotations ' + s['annotations'] if s.get('annotations') else ''})")
-    if cfg.get("method", "mitdet") == "uts":
-        from mitoqp.training.uts import train_uts
-
-        return train_uts(cfg, train_fields, val_fields, run_dir, log, extra)
+    method = cfg.get("method", "mitdet")
+    if method in DENSE_TRAINERS:
+        return DENSE_TRAINERS[method]()(cfg, train_fields, val_fields, run_dir, log, extra)
     return train(cfg, train_fields, val_fields, run_dir, log, extra)

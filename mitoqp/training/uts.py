@@ -45,7 +45,7 @@ from mitoqp.peaks import find_peaks
 from mitoqp.training.fcn import WeakFCN, build_fcn, receptive_radius
 from mitoqp.training.model import count_macs
 from mitoqp.training.samples import SampleSet
-from mitoqp.training.train import FIELD_AREA_MM2, froc_summary
+from mitoqp.training.train import froc_summary
 
 
 @dataclass
@@ -147,12 +147,13 @@ def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64) -> list[np.
 def localisation(model: WeakFCN, fields: list[Field], radius_um: float, min_distance_um: float,
                  floor: float = 0.05) -> dict:
     """Peaks of each validation field's map matched to its figures: the recipe's FROC, HPF-F1 and mean recall."""
-    matches = []
+    matches, area_mm2 = [], 0.0
     for f, m in zip(fields, field_maps(model, fields)):
         xy, s = find_peaks(m, floor, min_distance_um / (f.mpp * model.stride))
         xy = xy * model.stride + (model.stride - 1) / 2
         matches.append(match_detections(xy, s, f.figures, radius_um / f.mpp, f.lookalikes))
-    return froc_summary(matches, FIELD_AREA_MM2 * len(fields))
+        area_mm2 += float(np.prod(m.shape)) * (model.stride * f.mpp / 1000) ** 2
+    return froc_summary(matches, area_mm2)
 
 
 def image_scores(model: WeakFCN, images: np.ndarray, batch: int = 256) -> np.ndarray:
