@@ -22,6 +22,8 @@ from mitoqp.training.dense_models import ARCHITECTURES, build_dense
 from mitoqp.training.model import build_model
 
 OPSET = 17
+PARITY_BATCH_PIXELS = 4e6  # pixels per forward pass of the parity check (large dense tiles come a few at a time)
+PARITY_PIXELS = 32e6  # at most this many pixels of patches in the check (a dense model's tiles are 1024 px)
 # the recipe settings a model card reader wants to see in model.json
 RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
                "stain_sigma", "stain_bias", "ema_decay")
@@ -55,9 +57,13 @@ def export_onnx(model: torch.nn.Module, patch: int, path: Path) -> None:
 
 def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float) -> dict:
     """Max |p_torch - p_onnx| over every output, and the mitosis decisions that differ at `threshold`."""
+    step = max(1, int(PARITY_BATCH_PIXELS // (patches.shape[1] * patches.shape[2]))) if len(patches) else 1
     with torch.no_grad():
-        p_torch = model(torch.from_numpy(to_nchw(patches))).numpy()
-    p_onnx = OnnxRuntimeBackend(onnx_path).predict(patches).reshape(p_torch.shape)
+        p_torch = np.concatenate([model(torch.from_numpy(to_nchw(patches[i:i + step]))).numpy()
+                                  for i in range(0, max(len(patches), 1), step)]) if len(patches) else np.zeros(0)
+    ort = OnnxRuntimeBackend(onnx_path)
+    p_onnx = (np.concatenate([ort.predict(patches[i:i + step]) for i in range(0, len(patches), step)])
+              .reshape(p_torch.shape) if len(patches) else p_torch)
     # a patch model decides on column 0; a dense model on every pixel of its map
     decide = (lambda p: p.reshape(len(p), -1)[:, 0]) if p_torch.ndim <= 2 else (lambda p: p.ravel())
     return {
@@ -194,9 +200,10 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
     from mitoqp.datasets import read_amibr
 
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
+    limit = min(limit, max(16, int(PARITY_PIXELS // patch ** 2)))
     patches = parity_patches_from_fields(fields, patch, CandidateParams(**candidates), limit)
     if len(patches) == 0:
-        patches = np.random.default_rng(0).integers(0, 256, (64, patch, patch, 3), dtype=np.uint8)
+        patches = np.random.default_rng(0).integers(0, 256, (min(64, limit), patch, patch, 3), dtype=np.uint8)
     return patches, fields
 
 

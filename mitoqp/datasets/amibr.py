@@ -59,6 +59,7 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
             dataset, slide, uid = row["dataset"], row["slide"], row["uid"]
             cx, cy = float(row["x"]), float(row["y"])
             atypical = row["majority_atypical"].strip() == "True"
+            votes = sum(row[f"expert{i}_atypical"].strip() == "True" for i in (1, 2, 3)) if "expert3_atypical" in row else -1
         except (KeyError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed row in {table}: {row!r} ({exc})") from None
         split = split_of(dataset, slide)
@@ -71,7 +72,7 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
             origin = np.array([cx - PATCH / 2, cy - PATCH / 2])
             figures = _inside(coco[slide]["figures"] - origin)
             lookalikes = _inside(coco[slide]["lookalikes"] - origin)
-        fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical))
+        fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical, votes))
     return fields
 
 

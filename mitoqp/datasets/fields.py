@@ -21,6 +21,7 @@ class Field:
     lookalikes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # labelled hard negatives
     mpp: float = 0.25
     atypical: bool = False
+    atypical_votes: int = -1  # experts (of 3) who called the figure atypical; -1 where not known
 
     def image(self) -> np.ndarray:
         return load_rgb(self.path)

@@ -70,7 +70,8 @@ def child_class_weights(centers: torch.Tensor, parent_of_child: torch.Tensor) ->
 def subtype_loss(logits: torch.Tensor, atypical: torch.Tensor, pos_weight: float) -> torch.Tensor:
     """Atypical vs normal on figures whose subtype is known (atypical: 1, normal: 0, unknown: -1).
 
-    `pos_weight` balances the rarer atypical class, since the goal is balanced accuracy.
+    A target between 0 and 1 is the experts' agreement (a soft label). `pos_weight`
+    balances the rarer atypical class, since the goal is balanced accuracy.
     """
     known = atypical >= 0
     if not known.any():

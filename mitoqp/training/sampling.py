@@ -23,22 +23,67 @@ LABEL_CHILD_PARENT = np.array([1, 1, 0, 0, 0])
 
 @dataclass
 class BatchSampler:
-    """Half positives, half negatives; negatives drawn with probabilities `neg_p`."""
+    """Positives and negatives, a share `neg_share` of each batch negative; negatives drawn with probabilities `neg_p`."""
 
     pos: np.ndarray
     neg: np.ndarray
     neg_p: np.ndarray
+    neg_share: float = 0.5
 
     def draw(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        return np.concatenate([rng.choice(self.pos, batch // 2), rng.choice(self.neg, batch - batch // 2, p=self.neg_p)])
+        n_neg = int(round(batch * self.neg_share))
+        return np.concatenate([rng.choice(self.pos, batch - n_neg), rng.choice(self.neg, n_neg, p=self.neg_p)])
 
 
-def weighted_sampler(samples: SampleSet, lookalike_weight: float, slide_weight: float) -> BatchSampler:
-    """The baseline: labelled look-alikes and slide candidates are drawn more often than other negatives."""
+NEGATIVE_POLICIES = ("hard", "random")
+
+
+def weighted_sampler(samples: SampleSet, lookalike_weight: float, slide_weight: float, negatives: str = "hard",
+                     neg_share: float = 0.5) -> BatchSampler:
+    """Which negatives a batch holds (Ji et al.'s negative sampling, ../shared/docs/papers/ji-data-and-modeling.txt).
+
+    "hard" (the baseline): labelled look-alikes and slide candidates are drawn
+    more often than other negatives. "random": every negative candidate equally
+    often. `neg_share` is the negatives' share of a batch (Ji et al.'s
+    negative:positive ratio r:1 is r / (r + 1); 0.5 is 1:1).
+    """
+    if negatives not in NEGATIVE_POLICIES:
+        raise ValueError(f"train.negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {negatives!r}")
+    if not 0 < neg_share < 1:
+        raise ValueError(f"train.negative_share must lie between 0 and 1, not {neg_share}")
     pos, neg = np.flatnonzero(samples.labels == 1), np.flatnonzero(samples.labels == 0)
-    w = np.where(samples.lookalike[neg], lookalike_weight, 1.0)
-    w = np.where(samples.from_slide[neg], slide_weight, w)
-    return BatchSampler(pos, neg, w / w.sum())
+    w = np.ones(len(neg))
+    if negatives == "hard":
+        w = np.where(samples.lookalike[neg], lookalike_weight, w)
+        w = np.where(samples.from_slide[neg], slide_weight, w)
+    return BatchSampler(pos, neg, w / w.sum(), neg_share)
+
+
+SUBTYPE_LABELS = ("majority", "unanimous", "agreement")
+
+
+def subtype_targets(samples: SampleSet, fields: list, policy: str = "majority") -> np.ndarray:
+    """The subtype head's target per sample from the three AMi-Br experts' votes (-1: not trained on).
+
+    Ji et al.'s label aggregation: "majority" (the dataset's label), "unanimous"
+    (only figures all three experts agree on; the disputed are left out) and
+    "agreement" (the share of experts who call it atypical, a soft target: their
+    agreement-score regression). Fields without votes keep their majority label.
+    """
+    if policy not in SUBTYPE_LABELS:
+        raise ValueError(f"train.subtype_labels must be one of {', '.join(SUBTYPE_LABELS)}, not {policy!r}")
+    target = samples.atypical.astype(np.float32)
+    known = (samples.atypical >= 0) & (samples.field_index >= 0) & ~samples.from_slide
+    if policy == "majority" or not known.any():
+        return target
+    votes = np.array([getattr(f, "atypical_votes", -1) for f in fields])[samples.field_index[known]]
+    voted = votes >= 0
+    idx = np.flatnonzero(known)[voted]
+    if policy == "unanimous":
+        target[idx] = np.where((votes[voted] == 0) | (votes[voted] == 3), target[idx], -1.0)
+    else:
+        target[idx] = votes[voted] / 3.0
+    return target
 
 
 def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:

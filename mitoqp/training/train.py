@@ -32,7 +32,7 @@ from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_
 from mitoqp.training.model import build_model, count_macs
 from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_samples
 from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, BatchSampler, dgsb_sampler, kmeans_children,
-                                      label_children, weighted_sampler)
+                                      label_children, subtype_targets, weighted_sampler)
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 
@@ -228,7 +228,13 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     stain_aug = stain_augmenter(t_cfg)
-    sampler = weighted_sampler(tr, float(t_cfg.get("lookalike_weight", 3.0)), float(t_cfg.get("slide_weight", 3.0)))
+    sampler = weighted_sampler(tr, float(t_cfg.get("lookalike_weight", 3.0)), float(t_cfg.get("slide_weight", 3.0)),
+                               str(t_cfg.get("negatives", "hard")), float(t_cfg.get("negative_share", 0.5)))
+    subtype_target = subtype_targets(tr, train_fields, str(t_cfg.get("subtype_labels", "majority")))
+    if t_cfg.get("subtype_labels", "majority") != "majority":
+        soft = (subtype_target > 0) & (subtype_target < 1)
+        log(f"subtype labels {t_cfg['subtype_labels']}: {int((subtype_target >= 0).sum())} figures trained on "
+            f"(of {int((tr.atypical >= 0).sum())}), {int(soft.sum())} with a soft target")
     select = str(t_cfg.get("select", "hpf_f1"))
     if select not in ("hpf_f1", "mean_recall"):
         raise ValueError(f"train.select must be hpf_f1 or mean_recall, not {select!r}")
@@ -242,6 +248,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     for epoch in range(1, epochs + 1):
         if phase1 and epoch == phase1 + 1:
             sampler, kmeans_child = second_phase(ema.module if ema is not None else model, tr, patch, t_cfg, sampler, log)
+            sampler.neg_share = float(t_cfg.get("negative_share", 0.5))
             if kmeans_child is not None:
                 child, parent_of_child = kmeans_child
                 objective.parent_of_child = torch.from_numpy(parent_of_child)
@@ -254,7 +261,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug)
             y = torch.from_numpy(tr.labels[idx])
             c = torch.from_numpy(child[idx]) if child is not None and objective.parent_of_child is not None else None
-            loss = objective(model, x, y, c, torch.from_numpy(tr.atypical[idx].astype(np.int64)))
+            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
