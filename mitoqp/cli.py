@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare several models (names or folders): each evaluated into OUT/<name>, the table in OUT/methods.md")
     v.add_argument("--table", type=Path, default=None, help="with --models: also write the table here (benchmarks/METHODS.md)")
     v.add_argument("--bench-slide", type=Path, default=None, help="with --models: also time each model on this slide")
+    v.add_argument("--fresh", action="store_true",
+                   help="with --models: evaluate every model again, even where OUT/<name> holds an evaluation of it")
     v.add_argument("--splits", default="validation,test,atnorm-br", help="comma-separated: validation, test, atnorm-br")
     v.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
     v.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br")

@@ -19,6 +19,14 @@ from mitoqp.patches import PAD_VALUE
 from mitoqp.peaks import find_peaks
 
 
+BATCH_PIXELS = 8 * 1024 * 1024  # input pixels per forward pass: a pyramid's activations on 1024-px tiles are large
+
+
+def tiles_per_batch(tile: int, batch_size: int) -> int:
+    """How many tiles go through the model at once: `batch_size`, but no more than BATCH_PIXELS of input."""
+    return max(1, min(batch_size, BATCH_PIXELS // (tile * tile)))
+
+
 @dataclass(frozen=True)
 class DenseSpec:
     """What model.json says about a dense model."""

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mitoqp.datasets import Field, read_amibr, read_atnorm
+from mitoqp.dense import tiles_per_batch
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
                             poisson_upper, roc_auc, sensitivity_at_fpr)
@@ -190,13 +191,14 @@ def patch_cost(outs: list[FieldOutcome], model: Model, n: int = 1024, reps: int 
             break
     if not patches:
         return {}
-    batch = np.concatenate(patches)[:n]
-    model.backend.predict(batch[:256])  # warm-up
+    step = tiles_per_batch(model.patch, 256)  # a dense model's tiles, a few at a time
+    batch = np.concatenate(patches)[:n if step == 256 else 4 * step]
+    model.backend.predict(batch[:step])  # warm-up
     best = np.inf
     for _ in range(reps):
         t = time.perf_counter()
-        for i in range(0, len(batch), 256):
-            model.backend.predict(batch[i:i + 256])
+        for i in range(0, len(batch), step):
+            model.backend.predict(batch[i:i + step])
         best = min(best, time.perf_counter() - t)
     return {"patches": int(len(batch)), "ms_per_patch": 1000 * best / len(batch), "backend": model.backend.name}
 
@@ -302,7 +304,8 @@ def evaluate_main(args) -> dict:
     t0 = time.time()
     outcomes = {k: run_fields(v, model, args.stain_normalise) for k, v in sorted(sets.items())}
     report = {"model": {"id": model.id, "sha256": model.sha256, "macs_per_patch": model.config.get("macs_per_patch")},
-              "options": {"tta": args.tta, "stain_normalise": args.stain_normalise, "backend": model.backend.name}, "threshold": threshold,
+              "options": {"tta": args.tta, "stain_normalise": args.stain_normalise, "backend": model.backend.name,
+                          "limit": args.limit, "splits": args.splits}, "threshold": threshold,
               "figure_density_per_mm2": MIDOG21_FIGURES_PER_MM2, "sets": {}}
     for split in ("validation", "test"):
         pooled = [o for k, v in outcomes.items() if k.startswith(split + "/") for o in v]
@@ -311,7 +314,8 @@ def evaluate_main(args) -> dict:
     for k in sorted(outcomes):
         report["sets"][k] = summarise(outcomes[k], threshold, args.bootstrap, model.atypical_threshold)
     if "validation/all" in outcomes:
-        report["padding"] = padding_check(outcomes["validation/all"], model)
+        if model.kind == "patch":  # a dense model sees whole tiles: there is no candidate patch to pad
+            report["padding"] = padding_check(outcomes["validation/all"], model)
         report["patch_cost"] = patch_cost(outcomes["validation/all"], model)
     slides = args.slides if args.slides is not None else sorted((Path(args.amibr).parent / "slides").glob("*.svs"))
     report["slides"] = (evaluate_slides([Path(s) for s in slides], model, threshold, 0.5, args.stain_normalise)

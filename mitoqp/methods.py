@@ -20,7 +20,20 @@ PAPER_FIGURES = {
     "mitdet": ("F1 0.79 (MIDOG21)", "whole MIDOG21 images with their own candidates and ImageNet weights; field F1"),
     "uts": ("F1 0.767 (TUPAC16), 0.713 (MIDOG21)", "whole high-power patches with image-level negatives, ResNet-18 "
             "blocks pre-trained on ImageNet; F1 per patch set"),
+    "rdlm": ("F1 0.692 (MITOS-ATYPIA-14, Aperio)", "another dataset (MITOS-ATYPIA-14), boxes and a region proposal "
+             "network on an ImageNet ResNet-50; F1 over its test HPFs"),
+    "minugan": ("F1 0.872 (TUPAC16), 0.851 (ICPR12); mitosis DSC 0.721", "hand-drawn nuclei and mitosis masks, "
+                "256-px patches that each hold a figure (no figure-free tissue), F1 within 7 um per patch set"),
 }
+# what each method learns from, the label cost a lab weighs (Ji et al.: label type)
+LABELS = {
+    "baseline": "points",
+    "mitdet": "points",
+    "uts": "image labels",
+    "rdlm": "points",
+    "minugan": "masks (pseudo, from points + hematoxylin)",
+}
+DEFAULT_SPLITS = "validation,test,atnorm-br"  # what evaluations from before options recorded their splits ran on
 FIELD_MP = 128 * 128 / 1e6  # an AMi-Br field at 0.25 um/px
 
 
@@ -72,14 +85,34 @@ def bench_seconds(model: Model, slide: Path) -> float:
         return time.perf_counter() - t
 
 
+def earlier_report(out: Path, model: Model, args) -> dict | None:
+    """An evaluation already in `out` of this very model (same sha256) under the same options, to reuse."""
+    import json
+
+    path = out / "evaluation.json"
+    if getattr(args, "fresh", False) or not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    opts = report.get("options", {})
+    same = (report.get("model", {}).get("sha256") == model.sha256 and opts.get("tta", 1) == getattr(args, "tta", 1)
+            and bool(opts.get("stain_normalise")) == bool(getattr(args, "stain_normalise", False))
+            and opts.get("limit") == getattr(args, "limit", None) and opts.get("splits", DEFAULT_SPLITS) == getattr(args, "splits", None))
+    if same:
+        print(f"{out.name}: reusing the evaluation in {path} (same model and options; --fresh to redo)")
+    return report if same else None
+
+
 def comparison_table(rows: list[tuple[str, Model, dict, float | None]]) -> str:
     lines = ["# Methods on the same split", "",
              "Every model evaluated by `mitoqp evaluate` (each field through the runtime path of `mitoqp run`; "
              "matches within 7.5 um; HPF-equivalent F1 at MIDOG21's 4.7 figures/mm^2). Recall at N: recall at no "
              "more than N false detections per mm^2 of field. MACs per MP: of dense tumour (AMi-Br test fields).", "",
-             "| method | model | kind | test HPF-F1 | AtNorM-Br HPF-F1 | test R@1 / R@4 | AtNorM-Br R@1 / R@4 | parameters | "
+             "| method | labels | model | kind | test HPF-F1 | AtNorM-Br HPF-F1 | test R@1 / R@4 | AtNorM-Br R@1 / R@4 | parameters | "
              "G MACs per MP | CPU s, real slides | CPU s, large slide | seed paper's figure | why it differs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, model, report, big in rows:
         sets = report["sets"]
 
@@ -95,7 +128,7 @@ def comparison_table(rows: list[tuple[str, Model, dict, float | None]]) -> str:
         params = parameters(model)
         macs = macs_per_tumour_mp(model, report)
         slide_s = sum(s.get("seconds", 0.0) for s in report.get("slides", []))
-        cells = [method, f"{name} (`{model.id}`)", model.kind, f1("test/all"), f1("external/atnorm-br"),
+        cells = [method, LABELS.get(method, "-"), f"{name} (`{model.id}`)", model.kind, f1("test/all"), f1("external/atnorm-br"),
                  recall("test/all"), recall("external/atnorm-br"),
                  "-" if params is None else f"{params / 1e6:.2f} M", "-" if macs is None else f"{macs / 1e9:.1f}",
                  f"{slide_s:.1f}", "-" if big is None else f"{big:.1f}", paper, why]
@@ -114,7 +147,7 @@ def compare_models(args, evaluate) -> str:
         model = load_model(spec, backend=args.backend, precision=args.precision)
         sub = copy(args)
         sub.model, sub.out = spec, Path(args.out) / Path(spec).name
-        report = evaluate(sub)
+        report = earlier_report(sub.out, model, args) or evaluate(sub)
         big = bench_seconds(model, Path(args.bench_slide)) if args.bench_slide else None
         rows.append((Path(spec).name, model, report, big))
     table = comparison_table(rows)

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from mitoqp.background import in_background
 from mitoqp.candidates import CandidateParams, Candidates, find_candidates
-from mitoqp.dense import DenseSpec, cut_tiles, stitch, window_peaks
+from mitoqp.dense import DenseSpec, cut_tiles, stitch, tiles_per_batch, window_peaks
 from mitoqp.patches import extract_patches
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.runtime.model import Model
@@ -217,8 +217,8 @@ def dense_batches(slide: Slide, prep: Prepared, model: Model, opts: Options,
         items = in_background(items, depth=2)
     for win, tiles, origins in items:
         t = time.perf_counter()
-        maps = np.concatenate([model.backend.predict(tiles[i:i + opts.batch_size])
-                               for i in range(0, len(tiles), opts.batch_size)])
+        step = tiles_per_batch(spec.tile, opts.batch_size)
+        maps = np.concatenate([model.backend.predict(tiles[i:i + step]) for i in range(0, len(tiles), step)])
         t2 = time.perf_counter()
         timings["model"] += t2 - t
         centres, values = window_peaks(stitch(maps, origins, win.core, spec), win.core, spec, prep.work_mpp)

@@ -174,6 +174,15 @@ def test_evaluate_models_writes_one_comparison_table(tmp_path):
     assert (tmp_path / "cmp" / "default" / "evaluation.json").exists()
     assert (tmp_path / "cmp" / "darkness" / "evaluation.json").exists()
     rows = [line for line in text.splitlines() if "| default (" in line or "| darkness (" in line]
-    assert len(rows) == 2 and rows[0].startswith("| baseline | default") and "| patch |" in rows[0]
-    assert rows[1].startswith("| other | darkness") and "| dense |" in rows[1]
+    assert len(rows) == 2 and rows[0].startswith("| baseline | points | default") and "| patch |" in rows[0]
+    assert rows[1].startswith("| other | - | darkness") and "| dense |" in rows[1]
     assert text == (tmp_path / "cmp" / "methods.md").read_text()
+    # a second comparison reuses the evaluations of the same models under the same options
+    out = tmp_path / "cmp" / "default" / "evaluation.json"
+    stamp = out.stat().st_mtime_ns
+    assert main(["evaluate", "--models", "default", "--limit", "3", "--bootstrap", "0", "--slides", "--splits",
+                 "test,atnorm-br", "-o", str(tmp_path / "cmp")]) == 0
+    assert out.stat().st_mtime_ns == stamp
+    assert main(["evaluate", "--models", "default", "--limit", "2", "--bootstrap", "0", "--slides", "--splits",
+                 "test,atnorm-br", "-o", str(tmp_path / "cmp")]) == 0
+    assert out.stat().st_mtime_ns != stamp  # another --limit: evaluated again

@@ -326,7 +326,8 @@ def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_pat
     st = report["sets"]["test/all"]["subtype"]
     assert st["figures"] > 0 and 0 <= st["auc"] <= 1
     assert report["patch_cost"]["ms_per_patch"] > 0 and report["patch_cost"]["backend"].endswith("tta2")
-    assert report["options"] == {"tta": 2, "stain_normalise": False, "backend": "onnxruntime-cpu+tta2"}
+    assert report["options"] == {"tta": 2, "stain_normalise": False, "backend": "onnxruntime-cpu+tta2", "limit": 8,
+                                 "splits": "validation,test,atnorm-br"}
     assert "balanced accuracy" in (out / "evaluation.md").read_text()
 
 
