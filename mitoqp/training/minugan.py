@@ -33,7 +33,8 @@ from mitoqp.datasets import Field
 from mitoqp.stain import hematoxylin
 from mitoqp.training.minugan_net import build_discriminator, build_generator
 from mitoqp.training.model import count_macs
-from mitoqp.training.pointmap import CropSource, dihedral_pair, effective_context, fit_dense, save_dense, to_input
+from mitoqp.training.pointmap import (CropSource, centre_cue_check, dihedral_pair, effective_context, fit_dense,
+                                      save_dense, to_input)
 from mitoqp.training.samples import SampleSet
 
 MPP = 0.25
@@ -157,6 +158,10 @@ def train_minugan(cfg: dict, train_fields: list[Field], val_fields: list[Field],
     best, state = fit_dense(gen_net, step, source, val_fields, t_cfg, size, "minugan", run_dir, log, radius_um,
                             min_distance_um, [opt_g, opt_d])
     context = effective_context(gen_net, int(d_cfg.get("context_probe", 768)))
+    best["centre_cue_check"] = centre_cue_check(gen_net, val_fields, source, radius_um, min_distance_um)
+    log(f"centre-cue check (validation mean recall): fields as they are "
+        f"{best['centre_cue_check']['fields']['mean_recall']:.3f}, pasted onto slide tissue "
+        f"{best['centre_cue_check']['on_tissue']['mean_recall']:.3f}")
     save_dense(gen_net, "minugan", "final", cfg, best, state, run_dir / "best.pt", context, ["mitosis", "nuclei"])
     log(f"minugan: mean recall {best['mean_recall']:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold "
         f"{best['threshold']:.4f} (epoch {best['epoch']}), effective context {context} px")

@@ -20,8 +20,8 @@ import torch
 from mitoqp.datasets import Field
 from mitoqp.training.fpn import build_fpn
 from mitoqp.training.model import count_macs
-from mitoqp.training.pointmap import (CropSource, dihedral_pair, effective_context, fit_dense, point_targets, save_dense,
-                                      to_input)
+from mitoqp.training.pointmap import (CropSource, centre_cue_check, dihedral_pair, effective_context, fit_dense,
+                                      point_targets, save_dense, to_input)
 from mitoqp.training.samples import SampleSet
 
 
@@ -69,6 +69,10 @@ def train_rdlm(cfg: dict, train_fields: list[Field], val_fields: list[Field], ru
     best, state = fit_dense(model, step, source, val_fields, t_cfg, size, "rdlm", run_dir, log, radius_um,
                             min_distance_um, [opt])
     context = effective_context(model, int(d_cfg.get("context_probe", 768)))
+    best["centre_cue_check"] = centre_cue_check(model, val_fields, source, radius_um, min_distance_um)
+    log(f"centre-cue check (validation mean recall): fields as they are "
+        f"{best['centre_cue_check']['fields']['mean_recall']:.3f}, pasted onto slide tissue "
+        f"{best['centre_cue_check']['on_tissue']['mean_recall']:.3f}")
     save_dense(model, "rdlm", "final", cfg, best, state, run_dir / "best.pt", context)
     log(f"rdlm: mean recall {best['mean_recall']:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f} "
         f"(epoch {best['epoch']}), effective context {context} px")
