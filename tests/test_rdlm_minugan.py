@@ -141,3 +141,34 @@ def test_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path, method):
     ort, pt = load_model(tmp_path / "model"), load_model(tmp_path / "model", backend="torch")
     x = patches[:1]
     assert np.abs(ort.backend.predict(x) - pt.backend.predict(x)).max() < 1e-4
+
+
+def test_centre_cue_check_catches_a_model_that_scores_the_middle_of_the_tissue(tmp_path):
+    from mitoqp.training.pointmap import centre_cue_check
+
+    class MiddleOfTissue(torch.nn.Module):
+        """Scores how much tissue lies around a place (a wide Gaussian): its maximum is the tissue's middle."""
+        stride = 4
+
+        def forward(self, x):
+            tissue = torch.nn.functional.avg_pool2d((x.mean(1, keepdim=True) < 235).float(), 4)
+            g = torch.exp(-torch.arange(-20, 21, dtype=torch.float32) ** 2 / (2 * 10.0 ** 2))
+            kernel = (g[:, None] * g[None, :])[None, None]
+            return torch.nn.functional.conv2d(tissue, kernel / kernel.sum(), padding=20)
+
+    class DarkestNucleus(torch.nn.Module):
+        """Scores hematoxylin darkness in a small window: looks at the figure itself."""
+        stride = 4
+
+        def forward(self, x):
+            dark = torch.nn.functional.avg_pool2d((255 - x.mean(1, keepdim=True)) / 255, 4)
+            return torch.nn.functional.avg_pool2d(dark, 3, 1, 1) ** 2
+
+    fields = synthetic_fields(tmp_path, 12, "validation", 1)
+    src = CropSource.build(fields)
+    src.negatives = np.full((2, 112, 112, 3), (200, 150, 200), np.uint8)  # pale tissue, no nuclei
+    cue = centre_cue_check(MiddleOfTissue(), fields, src, 7.5, 0.5)
+    assert cue["figures"] == 12
+    assert cue["plain"]["top_of_map"] == 1.0 and cue["pasted"]["top_of_map"] <= 0.5
+    honest = centre_cue_check(DarkestNucleus(), fields, src, 7.5, 0.5)
+    assert honest["plain"]["top_of_map"] == honest["pasted"]["top_of_map"] == 1.0

@@ -69,10 +69,11 @@ def train_rdlm(cfg: dict, train_fields: list[Field], val_fields: list[Field], ru
     best, state = fit_dense(model, step, source, val_fields, t_cfg, size, "rdlm", run_dir, log, radius_um,
                             min_distance_um, [opt])
     context = effective_context(model, int(d_cfg.get("context_probe", 768)))
-    best["centre_cue_check"] = centre_cue_check(model, val_fields, source, radius_um, min_distance_um)
-    log(f"centre-cue check (validation mean recall): fields as they are "
-        f"{best['centre_cue_check']['fields']['mean_recall']:.3f}, pasted onto slide tissue "
-        f"{best['centre_cue_check']['on_tissue']['mean_recall']:.3f}")
+    check = centre_cue_check(model, val_fields, source, radius_um, best["threshold"])
+    best["centre_cue_check"] = check
+    log(f"centre-cue check on validation: figures detected {check['plain']['detected']:.3f} in their fields, "
+        f"{check['pasted']['detected']:.3f} pasted onto slide tissue; top of the map {check['plain']['top_of_map']:.3f} / "
+        f"{check['pasted']['top_of_map']:.3f}")
     save_dense(model, "rdlm", "final", cfg, best, state, run_dir / "best.pt", context)
     log(f"rdlm: mean recall {best['mean_recall']:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f} "
         f"(epoch {best['epoch']}), effective context {context} px")
