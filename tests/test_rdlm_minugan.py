@@ -172,3 +172,14 @@ def test_centre_cue_check_catches_a_model_that_scores_the_middle_of_the_tissue(t
     assert cue["plain"]["top_of_map"] == 1.0 and cue["pasted"]["top_of_map"] <= 0.5
     honest = centre_cue_check(DarkestNucleus(), fields, src, 7.5, 0.5)
     assert honest["plain"]["top_of_map"] == honest["pasted"]["top_of_map"] == 1.0
+
+
+def test_a_share_of_composed_crops_lies_on_glass(tmp_path):
+    from mitoqp.patches import PAD_VALUE
+
+    src = CropSource.build(synthetic_fields(tmp_path, 4, "train", 0))
+    src.negatives = np.full((2, 112, 112, 3), 200, np.uint8)
+    crops, figures = src.draw(96, 400, 0.0, np.random.default_rng(0), glass_share=0.3)
+    corners = crops[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # the four corners: background unless a rectangle covers them
+    on_glass = (corners == PAD_VALUE).all(axis=2).any(axis=1)
+    assert 0.2 < on_glass.mean() < 0.4 and all(len(f) for f in figures)

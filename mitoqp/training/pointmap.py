@@ -27,7 +27,7 @@ import torch
 
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
-from mitoqp.patches import extract_patches
+from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.training.augment import hed_jitter
 from mitoqp.training.model import count_macs
 from mitoqp.training.samples import SampleSet
@@ -65,16 +65,20 @@ class CropSource:
                           np.concatenate(negs) if negs else np.zeros((0, size, size, 3), np.uint8))
 
     def draw(self, size: int, batch: int, slide_share: float, rng: np.random.Generator,
-             min_rect: int = 40, margin: int = 8) -> tuple[np.ndarray, list]:
+             min_rect: int = 40, margin: int = 8, glass_share: float = 0.0) -> tuple[np.ndarray, list]:
         """`batch` composed crops of `size` px (see the module's note), a share `slide_share` slide tissue only.
 
+        A share `glass_share` of the field rectangles is pasted onto glass (the
+        runtime's padding white) instead of tissue: a slide's tissue ends at glass,
+        and a field run alone sits in a glass-white tile.
         Returns the crops and the figure centres in each crop's pixels.
         """
         n_slide = int(round(batch * slide_share)) if len(self.negatives) else 0
         out = np.empty((batch, size, size, 3), np.uint8)
         figures = []
         for i in range(batch):
-            out[i] = self.background(size, rng)
+            glass = i < batch - n_slide and rng.random() < glass_share
+            out[i] = PAD_VALUE if glass else self.background(size, rng)
             if i >= batch - n_slide:
                 figures.append(np.zeros((0, 2)))
                 continue
@@ -154,7 +158,8 @@ def fit_dense(model: torch.nn.Module, step: Callable[[np.ndarray, list, np.rando
         te = time.time()
         losses = []
         for _ in range(steps):
-            crops, figures = source.draw(size, batch, float(t_cfg.get("slide_share", 0.25)), rng)
+            crops, figures = source.draw(size, batch, float(t_cfg.get("slide_share", 0.25)), rng,
+                                         glass_share=float(t_cfg.get("glass_share", 0.0)))
             model.train()
             losses.append(step(crops, figures, rng, gen))
             for s in scheds:
