@@ -88,6 +88,8 @@ class RunConfig:
     overwrite: bool = False
     reader: str = "auto"  # open_slide's backend: auto, tiffslide or openslide
     geometry: str = "circle"
+    hotspot_mm2: float = 2.0  # the area a grade counts in (ten high-power fields)
+    hotspot_shape: str = "circle"
 
 
 def run_settings(model: Model, opts: Options) -> dict:
@@ -97,10 +99,14 @@ def run_settings(model: Model, opts: Options) -> dict:
             "roi": opts.roi.wkt if opts.roi is not None else None}
 
 
+def hotspot_settings(cfg: "RunConfig") -> dict:
+    return {"hotspot_mm2": cfg.hotspot_mm2, "hotspot_shape": cfg.hotspot_shape}
+
+
 def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     out = cfg.out_dir
     record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256,
-              "settings": run_settings(model, cfg.options)}
+              "settings": {**run_settings(model, cfg.options), **hotspot_settings(cfg)}}
     t0 = time.perf_counter()
     (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
@@ -117,11 +123,13 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
+        spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
         record.update(
             status="ok", error="", mitotic_count=res.count, atypical_count=n_atypical,
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
             tissue_area_mm2=round(area, 4),
-            count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=res.hotspot_count(),
+            count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=spot.count,
+            hotspot=spot.to_dict(),
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
             timings={k: round(v, 4) for k, v in res.timings.items()},
@@ -160,7 +168,7 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
         names.add(name)
         done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
         if (done is not None and done.get("model_sha256") == model.sha256
-                and done.get("settings") == run_settings(model, cfg.options)):
+                and done.get("settings") == {**run_settings(model, cfg.options), **hotspot_settings(cfg)}):
             done["status"] = "skipped"
             records.append(done)
             continue

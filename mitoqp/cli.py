@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mitoqp import __version__
+from mitoqp.hotspot import HPF_AREA_PRESETS_MM2, SHAPES, parse_area
 
 SHARED = Path("../shared/data")
 
@@ -28,8 +29,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"model {model.id}, backend {model.backend.name}" + (" (chosen by auto)" if args.backend == "auto" else ""))
     opts = Options(mpp=args.mpp, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,
                    stain=args.stain, roi=roi, window_px=args.window, stain_normalise=args.stain_normalise)
-    records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry),
-                        progress=not args.quiet)
+    try:
+        hotspot_mm2 = parse_area(args.hpf_area)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
+                                                      hotspot_mm2, args.hotspot_shape), progress=not args.quiet)
     if not records:
         print("error: no slides found in the inputs", file=sys.stderr)
         return 2
@@ -39,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif r["status"] in ("ok", "skipped"):
             atypical = f", {r['atypical_count']} atypical" if r.get("atypical_count") is not None else ""
             print(f"{r['name']}: {r['status']}, {r['mitotic_count']} mitotic figures{atypical} in {r['tissue_area_mm2']} mm2 "
-                  f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']} in 2 mm2)")
+                  f"({r['count_per_mm2']}/mm2, hotspot {r['hotspot_count']} in {hotspot_mm2:g} mm2)")
         else:
             print(f"{r['name']}: error: {r['error']}")
     failed = sum(r["status"] == "error" for r in records)
@@ -226,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--geometry", choices=["circle", "point"], default="circle", help="GeoJSON shape per detection")
     r.add_argument("--window", type=int, default=2048, help="window size in level pixels (memory vs overhead)")
     r.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
+    r.add_argument("--hpf-area", default="2mm2", metavar="MM2_OR_PRESET",
+                   help="area of the hotspot (the ten high-power fields a grade counts in): mm2, or a preset: "
+                        + ", ".join(HPF_AREA_PRESETS_MM2) + " (fnNN: ten fields of field number NN at 40x)")
+    r.add_argument("--hotspot-shape", choices=SHAPES, default="circle", help="shape of the hotspot window")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -13,11 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import shapely
-from scipy.spatial import cKDTree
 
 from mitoqp.background import in_background
 from mitoqp.candidates import CandidateParams, Candidates, find_candidates
 from mitoqp.dense import DenseSpec, cut_tiles, stitch, tiles_per_batch, window_peaks
+from mitoqp.hotspot import Hotspot, find_hotspot
 from mitoqp.patches import extract_patches
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.runtime.model import Model
@@ -73,13 +73,12 @@ class SlideResult:
             return None
         return int((self.detected & (self.atypical >= threshold)).sum())
 
-    def hotspot_count(self, area_mm2: float = HOTSPOT_MM2) -> int:
-        """Most detections inside any circle of `area_mm2` centred on a detection."""
-        pts = self.xy[self.detected]
-        if len(pts) == 0:
-            return 0
-        radius_px = np.sqrt(area_mm2 / np.pi) * 1000 / self.mpp
-        return int(cKDTree(pts).query_ball_point(pts, radius_px, return_length=True).max())
+    def hotspot(self, area_mm2: float = HOTSPOT_MM2, shape: str = "circle") -> Hotspot:
+        """The window of `area_mm2` (circle or square) anywhere on the slide that holds the most detections."""
+        return find_hotspot(self.xy[self.detected], area_mm2, self.mpp, shape)
+
+    def hotspot_count(self, area_mm2: float = HOTSPOT_MM2, shape: str = "circle") -> int:
+        return self.hotspot(area_mm2, shape).count
 
 
 def resolve_mpp(slide: Slide, override: float | None) -> float:

@@ -249,3 +249,21 @@ def test_an_image_of_glass_is_a_slide_without_tissue(tiny_model_dir, tmp_path, c
     row = summary(tmp_path / "out")["glass.png"]
     assert row["mitotic_count"] == "0" and row["tissue_area_mm2"] == "0.0"
     assert json.loads((tmp_path / "out" / "glass.geojson").read_text())["features"] == []
+
+
+def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(tmp_path, field_png, tiny_model_dir):
+    out = tmp_path / "out"
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "fn22",
+               "--hotspot-shape", "square") == 0
+    rec = json.loads((out / "field.result.json").read_text())
+    from mitoqp.hotspot import HPF_AREA_PRESETS_MM2
+
+    assert rec["hotspot"]["shape"] == "square" and rec["hotspot"]["area_mm2"] == HPF_AREA_PRESETS_MM2["fn22"]
+    assert rec["hotspot"]["count"] == rec["hotspot_count"] <= rec["mitotic_count"]
+    stamp = (out / "field.result.json").stat().st_mtime_ns
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "fn22",
+               "--hotspot-shape", "square") == 0
+    assert (out / "field.result.json").stat().st_mtime_ns == stamp  # same settings: skipped
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 0
+    assert json.loads((out / "field.result.json").read_text())["hotspot"]["shape"] == "circle"
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "ten") == 2

@@ -1,0 +1,75 @@
+"""The hotspot search: exact against brute force on random points, for circles and squares."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mitoqp.hotspot import HPF_AREA_PRESETS_MM2, find_hotspot, parse_area
+
+
+def brute_circle(xy: np.ndarray, r: float) -> int:
+    """Every circle through two points (both centres) or centred on one: the most points within r."""
+    centres = [p for p in xy]
+    for i in range(len(xy)):
+        for j in range(i + 1, len(xy)):
+            d = np.linalg.norm(xy[j] - xy[i])
+            if 0 < d <= 2 * r:
+                mid, h = (xy[i] + xy[j]) / 2, math.sqrt(max(r * r - d * d / 4, 0.0))
+                n = np.array([-(xy[j] - xy[i])[1], (xy[j] - xy[i])[0]]) / d
+                centres += [mid + h * n, mid - h * n]
+    c = np.array(centres)
+    d = np.linalg.norm(xy[None, :, :] - c[:, None, :], axis=2)
+    return int((d <= r * (1 + 1e-9)).sum(axis=1).max())
+
+
+def brute_square(xy: np.ndarray, a: float) -> int:
+    best = 0
+    for x0 in xy[:, 0]:
+        for y0 in xy[:, 1]:
+            inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x0 + a * (1 + 1e-9)) & (xy[:, 1] >= y0) & (xy[:, 1] <= y0 + a * (1 + 1e-9))
+            best = max(best, int(inside.sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_circle_and_square_hotspots_are_exact(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 70))
+    xy = rng.uniform(0, 6000, (n, 2))
+    if seed % 3 == 0:  # a cluster, some duplicates
+        xy[: n // 2] = rng.normal(3000, 400, (n // 2, 2))
+        xy[-1] = xy[0]
+    mpp = 0.25
+    area = 0.5  # mm^2: radius 1596 px at 0.25 um/px
+    hc = find_hotspot(xy, area, mpp, "circle")
+    assert hc.count == brute_circle(xy, hc.size_px)
+    # the reported centre really holds that many
+    assert (np.linalg.norm(xy - hc.centre, axis=1) <= hc.size_px * (1 + 1e-7)).sum() == hc.count
+    hs = find_hotspot(xy, area, mpp, "square")
+    assert hs.count == brute_square(xy, hs.size_px)
+    half = hs.size_px / 2 * (1 + 1e-7)
+    assert (np.all(np.abs(xy - hs.centre) <= half, axis=1)).sum() == hs.count
+    assert math.isclose(math.pi * hc.size_px ** 2, hs.size_px ** 2)
+
+
+def test_the_best_circle_need_not_be_centred_on_a_figure():
+    # three points on a circle of radius 100 around an empty centre: no circle centred on one holds all three
+    t = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
+    xy = np.stack([100 * np.cos(t), 100 * np.sin(t)], 1) + 1000
+    r_px = 100.5
+    area = math.pi * (r_px * 0.25 / 1000) ** 2
+    h = find_hotspot(xy, area, 0.25, "circle")
+    assert h.count == 3
+    assert np.linalg.norm(np.array(h.centre) - 1000) < 1.0
+
+
+def test_empty_and_bad_input():
+    assert find_hotspot(np.zeros((0, 2)), 2.0, 0.25).count == 0
+    with pytest.raises(ValueError, match="shape"):
+        find_hotspot(np.zeros((3, 2)), 2.0, 0.25, "hexagon")
+    assert parse_area("fn22") == HPF_AREA_PRESETS_MM2["fn22"] and parse_area("2") == 2.0
+    with pytest.raises(ValueError, match="hpf-area"):
+        parse_area("ten fields")
+    with pytest.raises(ValueError, match="positive"):
+        parse_area("-1")
