@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mitoqp import __version__
+from mitoqp.density import density_features
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.qupath_geojson import detection_features, write_detections
@@ -120,6 +121,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
                                             atypical, model.atypical_threshold))
         if res.tissue is not None:
             save_qc(res.tissue, out / f"{name}.tissue.png", res.xy[det])
+            write_detections(out / f"{name}.density.geojson", density_features(res.tissue, res.xy[det]))
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)

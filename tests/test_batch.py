@@ -267,3 +267,18 @@ def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(t
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 0
     assert json.loads((out / "field.result.json").read_text())["hotspot"]["shape"] == "circle"
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "ten") == 2
+
+
+def test_density_grid_counts_figures_and_tissue_per_square():
+    from mitoqp.density import density_grid
+    from mitoqp.tissue import TissueMask
+
+    mask = np.zeros((64, 64), bool)
+    mask[:32, :48] = True  # 8 um pixels: squares of 31 px (248 um) -> a 3 x 3 grid
+    tissue = TissueMask(mask, np.zeros((64, 64, 3), np.uint8), scale=32.0, mpp=0.25)
+    xy = np.array([[100.0, 100.0], [200.0, 300.0], [40 * 32.0, 40 * 32.0], [-5.0, 10.0]])
+    counts, area, side = density_grid(tissue, xy)
+    assert side == 31 * 32 and counts.shape == area.shape == (3, 3)
+    assert counts[0, 0] == 2 and counts[1, 1] == 1 and counts.sum() == 3  # the point off the slide is dropped
+    assert area.sum() == pytest.approx(tissue.area_mm2)
+    assert area[0, 0] == pytest.approx((31 * 8 / 1000) ** 2) and area[2, 2] == 0

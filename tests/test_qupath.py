@@ -57,3 +57,25 @@ def test_qupath_reads_detections_classes_colours_measurements_and_places(tmp_pat
         else:
             assert {o["class"] for o in objs} == {CLASS_NAME} and objs[0]["rgb"] == CLASS_COLOR
             assert all("atypical_score" not in o["measurements"] for o in objs)
+
+
+@needs_qupath
+def test_qupath_reads_density_tiles_with_their_measurements(tmp_path):
+    from mitoqp.density import TILE_CLASS, density_features
+    from mitoqp.tissue import TissueMask
+
+    mask = np.zeros((40, 60), bool)
+    mask[5:35, 10:50] = True
+    tissue = TissueMask(mask, np.zeros((40, 60, 3), np.uint8), scale=32.0, mpp=0.25)  # 8 um per mask pixel
+    xy = np.array([[10 * 32 + 5, 5 * 32 + 5], [10 * 32 + 50, 5 * 32 + 60], [45 * 32, 30 * 32]])
+    feats = list(density_features(tissue, xy))
+    path = tmp_path / "d.geojson"
+    write_detections(path, feats)
+    objs = qupath_reads(path)[str(path)]
+    assert len(objs) == len(feats) and all(o["tile"] for o in objs)
+    assert {o["class"] for o in objs} == {TILE_CLASS[0]} and objs[0]["rgb"] == TILE_CLASS[1]
+    assert sum(o["measurements"]["Mitotic figures"] for o in objs) == 3
+    assert sum(o["measurements"]["Tissue area mm2"] for o in objs) == pytest.approx(tissue.area_mm2, rel=1e-4)
+    busy = max(objs, key=lambda o: o["measurements"]["Mitotic figures"])
+    assert busy["measurements"]["Figures per mm2"] == pytest.approx(
+        busy["measurements"]["Mitotic figures"] / busy["measurements"]["Tissue area mm2"], rel=1e-3)

@@ -18,6 +18,7 @@ def describe(obj) -> dict:
     color = int(cls.getColor()) if cls is not None and cls.getColor() is not None else None
     return {
         "detection": bool(obj.isDetection()),
+        "tile": bool(obj.isTile()),
         "class": str(cls.toString()) if cls is not None else None,
         "rgb": None if color is None else [(color >> 16) & 255, (color >> 8) & 255, color & 255],
         "measurements": {str(k): float(ml.get(k)) for k in ml.getNames()},
