@@ -25,6 +25,7 @@ from mitoqp.density import density_features
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.qupath_geojson import detection_features, write_detections
+from mitoqp.report import save_overview, write_report
 from mitoqp.runtime.model import Model
 from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
 from mitoqp.tissue import save_qc
@@ -126,6 +127,8 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
+        if res.tissue is not None:
+            save_overview(res.tissue, res.xy[det], spot, out / f"{name}.overview.png")
         record.update(
             status="ok", error="", mitotic_count=res.count, atypical_count=n_atypical,
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
@@ -179,6 +182,7 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
             tqdm.write(f"error: {rec['error']}", file=sys.stderr)
         records.append(rec)
     write_summaries(cfg.out_dir, records, model, started)
+    write_report(cfg.out_dir, records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape)
     return records
 
 
