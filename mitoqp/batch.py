@@ -24,7 +24,7 @@ from mitoqp import __version__
 from mitoqp.density import density_features
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
-from mitoqp.qupath_geojson import detection_features, write_detections
+from mitoqp.qupath_geojson import detection_features, hotspot_feature, write_detections
 from mitoqp.report import save_overview, write_report
 from mitoqp.runtime.model import Model
 from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
@@ -129,6 +129,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
         if res.tissue is not None:
             save_overview(res.tissue, res.xy[det], spot, out / f"{name}.overview.png")
+        write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot)] if spot.count else [])
         record.update(
             status="ok", error="", mitotic_count=res.count, atypical_count=n_atypical,
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,

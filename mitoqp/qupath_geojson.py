@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
 from mitoqp.io_utils import atomic_path
+
+if TYPE_CHECKING:
+    from mitoqp.hotspot import Hotspot
 
 CLASS_NAME = "Mitotic figure"
 CLASS_COLOR = [255, 0, 0]
@@ -72,3 +75,29 @@ def write_detections(path: Path, features: Iterable[dict]) -> None:
         for i, feat in enumerate(features):
             f.write((",\n" if i else "\n") + json.dumps(feat))
         f.write("\n]}\n")
+
+
+HOTSPOT_CLASS = ("Mitotic hotspot", [0, 0, 0])
+
+
+def hotspot_feature(spot: "Hotspot") -> dict:
+    """The hotspot window as a QuPath annotation (a 128-gon or a square) with its count and density."""
+    x, y = spot.centre
+    if spot.shape == "circle":
+        ring = circle(x, y, spot.size_px, 128)
+    else:
+        h = spot.size_px / 2
+        ring = [[round(float(a), 2), round(float(b), 2)] for a, b in
+                ((x - h, y - h), (x + h, y - h), (x + h, y + h), (x - h, y + h), (x - h, y - h))]
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "annotation",
+            "name": f"Hotspot: {spot.count} in {spot.area_mm2:g} mm2",
+            "classification": {"name": HOTSPOT_CLASS[0], "color": HOTSPOT_CLASS[1]},
+            "measurements": {"Mitotic figures": spot.count, "Window area mm2": round(spot.area_mm2, 6),
+                             "Figures per mm2": round(spot.count / spot.area_mm2, 4)},
+        },
+    }

@@ -79,3 +79,23 @@ def test_qupath_reads_density_tiles_with_their_measurements(tmp_path):
     busy = max(objs, key=lambda o: o["measurements"]["Mitotic figures"])
     assert busy["measurements"]["Figures per mm2"] == pytest.approx(
         busy["measurements"]["Mitotic figures"] / busy["measurements"]["Tissue area mm2"], rel=1e-3)
+
+
+@needs_qupath
+@pytest.mark.parametrize("shape", ["circle", "square"])
+def test_qupath_reads_the_hotspot_as_an_annotation_of_its_area(tmp_path, shape):
+    from mitoqp.hotspot import find_hotspot
+    from mitoqp.qupath_geojson import HOTSPOT_CLASS, hotspot_feature
+
+    rng = np.random.default_rng(0)
+    xy = np.concatenate([rng.uniform(0, 40000, (40, 2)), rng.normal(20000, 600, (12, 2))])
+    spot = find_hotspot(xy, 2.0, 0.25, shape)
+    path = tmp_path / "h.geojson"
+    write_detections(path, [hotspot_feature(spot)])
+    (obj,) = qupath_reads(path)[str(path)]
+    assert obj["annotation"] and not obj["detection"] and obj["class"] == HOTSPOT_CLASS[0]
+    assert obj["name"] == f"Hotspot: {spot.count} in 2 mm2"
+    assert obj["measurements"]["Mitotic figures"] == spot.count >= 12
+    assert obj["centroid"] == pytest.approx(list(spot.centre), abs=1.0)
+    area_mm2 = obj["area"] * (0.25 / 1000) ** 2
+    assert area_mm2 == pytest.approx(2.0, rel=2e-3)  # a 128-gon is 0.04% short of its circle

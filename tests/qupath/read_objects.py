@@ -19,6 +19,9 @@ def describe(obj) -> dict:
     return {
         "detection": bool(obj.isDetection()),
         "tile": bool(obj.isTile()),
+        "annotation": bool(obj.isAnnotation()),
+        "name": None if obj.getName() is None else str(obj.getName()),
+        "area": float(roi.getArea()),
         "class": str(cls.toString()) if cls is not None else None,
         "rgb": None if color is None else [(color >> 16) & 255, (color >> 8) & 255, color & 255],
         "measurements": {str(k): float(ml.get(k)) for k in ml.getNames()},
