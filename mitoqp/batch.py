@@ -92,6 +92,7 @@ class RunConfig:
     geometry: str = "circle"
     hotspot_mm2: float = 2.0  # the area a grade counts in (ten high-power fields)
     hotspot_shape: str = "circle"
+    project: Path | None = None  # a QuPath project to fill (paquo)
 
 
 def run_settings(model: Model, opts: Options) -> dict:
@@ -163,6 +164,11 @@ def is_complete(out: Path, name: str) -> dict | None:
 def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = True) -> list[dict]:
     paths = expand_inputs(inputs)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    project = None
+    if cfg.project is not None:
+        from mitoqp.qupath_project import ProjectWriter
+
+        project = ProjectWriter(cfg.project)  # a missing paquo or QuPath stops the run here, before any slide
     records, names = [], set()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for path in tqdm(paths, desc="slides", unit="slide", disable=not progress, file=sys.stderr):
@@ -176,9 +182,14 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
         if (done is not None and done.get("model_sha256") == model.sha256
                 and done.get("settings") == {**run_settings(model, cfg.options), **hotspot_settings(cfg)}):
             done["status"] = "skipped"
-            records.append(done)
-            continue
-        rec = process_slide(path, name, model, cfg)
+            rec = done
+        else:
+            rec = process_slide(path, name, model, cfg)
+        if project is not None and rec["status"] in ("ok", "skipped"):
+            try:
+                rec["project"] = project.write(path, cfg.out_dir, name, rec)
+            except (ValueError, OSError) as exc:
+                rec.update(status="error", error=f"QuPath project: {str(exc).splitlines()[0]}")
         if rec["status"] == "error":
             tqdm.write(f"error: {rec['error']}", file=sys.stderr)
         records.append(rec)

@@ -34,8 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
-                                                      hotspot_mm2, args.hotspot_shape), progress=not args.quiet)
+    try:
+        records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
+                                                          hotspot_mm2, args.hotspot_shape, args.project),
+                            progress=not args.quiet)
+    except ValueError as exc:  # the project cannot be opened: nothing was run
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not records:
         print("error: no slides found in the inputs", file=sys.stderr)
         return 2
@@ -236,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="area of the hotspot (the ten high-power fields a grade counts in): mm2, or a preset: "
                         + ", ".join(HPF_AREA_PRESETS_MM2) + " (fnNN: ten fields of field number NN at 40x)")
     r.add_argument("--hotspot-shape", choices=SHAPES, default="circle", help="shape of the hotspot window")
+    r.add_argument("--project", type=Path, default=None, metavar="P.qpproj",
+                   help="also fill this QuPath project (created if missing): one entry per slide with its figures, "
+                        "hotspot and density tiles; a re-run replaces mitoqp's objects and keeps the rest (paquo)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -99,3 +99,84 @@ def test_qupath_reads_the_hotspot_as_an_annotation_of_its_area(tmp_path, shape):
     assert obj["centroid"] == pytest.approx(list(spot.centre), abs=1.0)
     area_mm2 = obj["area"] * (0.25 / 1000) ** 2
     assert area_mm2 == pytest.approx(2.0, rel=2e-3)  # a 128-gon is 0.04% short of its circle
+
+
+def qupath_env() -> dict:
+    qdir = subprocess.run([sys.executable, str(QUPATH_SHARED / "make_qupath_dir.py")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    return {**os.environ, "PAQUO_QUPATH_DIR": qdir}
+
+
+def project_tool(env: dict, *args) -> dict:
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "qupath" / "project_tool.py"), *map(str, args)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next((x for x in r.stdout.splitlines() if x.startswith("PROJECT-JSON ")), None)
+    return json.loads(line.removeprefix("PROJECT-JSON ")) if line else {}
+
+
+@needs_qupath
+def test_a_run_fills_a_qupath_project_and_a_rerun_replaces_only_its_own_objects(tmp_path, tiny_model_dir):
+    from PIL import Image
+
+    from conftest import synthetic_field
+
+    rng = np.random.default_rng(5)
+    fields = []
+    for i in range(3):
+        tiles = [synthetic_field(rng)[0] for _ in range(4)]
+        path = tmp_path / f"field{i}.png"
+        Image.fromarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])).save(path)
+        fields.append(path)
+    env = qupath_env()
+    project = tmp_path / "proj" / "project.qpproj"
+
+    def run(*extra) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mitoqp.cli", "run", "-q", *map(str, fields), "-o",
+                               str(tmp_path / "out"), "--model", str(tiny_model_dir), "--mpp", "0.25", "--project",
+                               str(project), *extra], capture_output=True, text=True, env=env, timeout=600)
+
+    r = run()
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = project_tool(env, "describe", project)
+    assert set(first["entries"]) == {"field0.png", "field1.png", "field2.png"}
+    assert first["classes"]["Mitotic figure"] == [255, 0, 0] and "Mitotic hotspot" in first["classes"]
+    for name, e in first["entries"].items():
+        rec = json.loads((tmp_path / "out" / f"{Path(name).stem}.result.json").read_text())
+        figures = sum(n for c, n in e["detections"].items() if c.startswith("Mitotic figure"))
+        assert figures == rec["mitotic_count"]  # (QuPath counts tiles as detections too)
+        assert e["detections"].get("Mitotic density", 0) == e["tiles"]
+        assert e["annotations"].get("Mitotic hotspot", 0) == (1 if rec["mitotic_count"] else 0)
+        assert e["tiles"] > 0 and e["metadata"]["mitoqp.model_sha256"] == rec["model_sha256"]
+        assert e["metadata"]["mitoqp.mitotic_count"] == str(rec["mitotic_count"])
+        if rec["mitotic_count"]:
+            assert "score" in e["measurements"]
+    project_tool(env, "annotate", project)  # the lab draws its own annotation
+    r = run("--overwrite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = project_tool(env, "describe", project)
+    for name, e in second["entries"].items():
+        before = first["entries"][name]
+        assert e["detections"] == before["detections"] and e["tiles"] == before["tiles"]  # replaced, not doubled
+        assert e["annotations"].get("Tumor") == 1  # everything else kept
+        assert e["annotations"].get("Mitotic hotspot", 0) == before["annotations"].get("Mitotic hotspot", 0)
+    assert len(second["entries"]) == 3  # no duplicate entries
+
+
+def test_a_project_without_paquo_or_qupath_is_a_one_line_error(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import mitoqp.qupath_project as qp
+    from mitoqp.cli import main
+
+    def missing():
+        raise ValueError("QuPath projects need paquo: pip install 'mitoqp[qupath]' (GPL-3.0)")
+
+    monkeypatch.setattr(qp, "import_paquo", missing)
+    png = tmp_path / "f.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 230, np.uint8)).save(png)
+    assert main(["run", "-q", str(png), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--mpp", "0.25",
+                 "--project", str(tmp_path / "p.qpproj")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: QuPath projects need paquo: pip install 'mitoqp[qupath]' (GPL-3.0)"]
+    assert not (tmp_path / "out" / "f.result.json").exists()
