@@ -15,7 +15,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -93,6 +93,8 @@ class RunConfig:
     hotspot_mm2: float = 2.0  # the area a grade counts in (ten high-power fields)
     hotspot_shape: str = "circle"
     project: Path | None = None  # a QuPath project to fill (paquo)
+    from_project: bool = False  # the slides are the project's images (inputs ignored), results go back into it
+    roi_class: str | None = None  # with from_project: analyse inside the entry's annotations of this class only
 
 
 def run_settings(model: Model, opts: Options) -> dict:
@@ -162,13 +164,18 @@ def is_complete(out: Path, name: str) -> dict | None:
 
 
 def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = True) -> list[dict]:
-    paths = expand_inputs(inputs)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    project = None
+    project, rois = None, {}
     if cfg.project is not None:
         from mitoqp.qupath_project import ProjectWriter
 
         project = ProjectWriter(cfg.project)  # a missing paquo or QuPath stops the run here, before any slide
+    if cfg.from_project:
+        if project is None:
+            raise ValueError("--from-project needs the project to run on")
+        paths, rois = project.images_and_rois(cfg.roi_class)
+    else:
+        paths = expand_inputs(inputs)
     records, names = [], set()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for path in tqdm(paths, desc="slides", unit="slide", disable=not progress, file=sys.stderr):
@@ -178,13 +185,22 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
                             "error": f"another input already writes outputs named {name!r}"})
             continue
         names.add(name)
+        if cfg.roi_class is not None:
+            if rois.get(path) is None:
+                records.append({"slide": str(path), "name": name, "status": "error",
+                                "error": f"no annotation of class {cfg.roi_class!r} in its project entry"})
+                tqdm.write(f"error: {name}: no annotation of class {cfg.roi_class!r}", file=sys.stderr)
+                continue
+            slide_cfg = replace(cfg, options=replace(cfg.options, roi=rois[path]))
+        else:
+            slide_cfg = cfg
         done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
         if (done is not None and done.get("model_sha256") == model.sha256
-                and done.get("settings") == {**run_settings(model, cfg.options), **hotspot_settings(cfg)}):
+                and done.get("settings") == {**run_settings(model, slide_cfg.options), **hotspot_settings(cfg)}):
             done["status"] = "skipped"
             rec = done
         else:
-            rec = process_slide(path, name, model, cfg)
+            rec = process_slide(path, name, model, slide_cfg)
         if project is not None and rec["status"] in ("ok", "skipped"):
             try:
                 rec["project"] = project.write(path, cfg.out_dir, name, rec)

@@ -34,9 +34,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if bool(args.slides) == bool(args.from_project) or (args.roi_class and not args.from_project):
+        print("error: give SLIDES or --from-project P.qpproj (one of them; --roi-class goes with --from-project)",
+              file=sys.stderr)
+        return 2
     try:
         records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
-                                                          hotspot_mm2, args.hotspot_shape, args.project),
+                                                          hotspot_mm2, args.hotspot_shape,
+                                                          args.from_project or args.project, bool(args.from_project),
+                                                          args.roi_class),
                             progress=not args.quiet)
     except ValueError as exc:  # the project cannot be opened: nothing was run
         print(f"error: {exc}", file=sys.stderr)
@@ -221,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="detect mitotic figures on slides", description=(
         "Detect mitotic figures on slides or fields. Writes <name>.geojson (QuPath detections), "
         "<name>.tissue.png (QC) and <name>.result.json per slide, and summary.csv/summary.json per run."))
-    r.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
+    r.add_argument("slides", nargs="*", help="slide files, folders, globs, or a .txt file listing paths")
     r.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     r.add_argument("--model", default=None, help="model name (mitoqp models) or folder (default: the bundled model)")
     r.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
@@ -244,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--project", type=Path, default=None, metavar="P.qpproj",
                    help="also fill this QuPath project (created if missing): one entry per slide with its figures, "
                         "hotspot and density tiles; a re-run replaces mitoqp's objects and keeps the rest (paquo)")
+    r.add_argument("--from-project", type=Path, default=None, metavar="P.qpproj",
+                   help="run on every image of this QuPath project (no SLIDES) and write the results back into it")
+    r.add_argument("--roi-class", default=None, metavar="CLASS",
+                   help="with --from-project: analyse only inside each entry's annotations of this class (e.g. Tumor); "
+                        "an entry without one is reported as an error")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -8,6 +8,10 @@ id and sha256, mitoqp version, counts). The objects are made from the same
 GeoJSON files QuPath would import (type, class, geometry, measurements, name),
 so a project holds what a drag-and-drop of those files would.
 
+`mitoqp run --from-project P.qpproj [--roi-class Tumor]` runs on every image
+of an existing project instead, inside the entry's annotations of that class
+when asked, and writes the results back into the same entries.
+
 Re-running replaces: the entry's earlier mitoqp objects (those of mitoqp's
 classes) are removed, everything else in its hierarchy is kept. An entry is
 saved only once its new objects are all in; a slide that fails leaves its
@@ -110,11 +114,20 @@ class ProjectWriter:
             if props.get("name"):
                 obj.name = props["name"]
 
-    def images(self) -> list[tuple[Path, object]]:
-        """(local file, entry) of each image of the project, for running on a whole project."""
+    def images_and_rois(self, roi_class: str | None = None) -> tuple[list[Path], dict]:
+        """The local file of each image of the project and, with `roi_class`, the union of its entry's annotations of
+        that class (level-0 pixels; None where it has none)."""
         from paquo.images import ImageProvider
+        from shapely.ops import unary_union
 
-        return [(Path(ImageProvider.path_from_uri(e.uri)), e) for e in self.project.images]
+        paths, rois = [], {}
+        for e in self.project.images:
+            path = Path(ImageProvider.path_from_uri(e.uri))
+            paths.append(path)
+            if roi_class is not None:
+                shapes = [a.roi for a in e.hierarchy.annotations if a.path_class is not None and a.path_class.name == roi_class]
+                rois[path] = unary_union(shapes) if shapes else None
+        return paths, rois
 
 
 def _same_uri(a: str, b: str) -> bool:

@@ -161,6 +161,26 @@ def test_a_run_fills_a_qupath_project_and_a_rerun_replaces_only_its_own_objects(
         assert e["annotations"].get("Tumor") == 1  # everything else kept
         assert e["annotations"].get("Mitotic hotspot", 0) == before["annotations"].get("Mitotic hotspot", 0)
     assert len(second["entries"]) == 3  # no duplicate entries
+    # run on the project's own images, inside its Tumor annotations only, results back into the same entries
+    r = subprocess.run([sys.executable, "-m", "mitoqp.cli", "run", "-q", "--from-project", str(project), "--roi-class",
+                        "Tumor", "-o", str(tmp_path / "out_roi"), "--model", str(tiny_model_dir), "--mpp", "0.25"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    third = project_tool(env, "describe", project)
+    assert set(third["entries"]) == set(first["entries"])
+    inside = 0
+    for name, e in third["entries"].items():
+        pts = np.array(e["figure_centroids"]).reshape(-1, 2)
+        assert ((pts[:, 0] <= 128) & (pts[:, 1] <= 256)).all()  # only inside the Tumor box
+        assert len(pts) <= len(first["entries"][name]["figure_centroids"])
+        assert e["annotations"].get("Tumor") == 1
+        inside += len(pts)
+    assert inside > 0 and inside < sum(len(e["figure_centroids"]) for e in first["entries"].values())
+    r = subprocess.run([sys.executable, "-m", "mitoqp.cli", "run", "-q", "--from-project", str(project), "--roi-class",
+                        "Stroma", "-o", str(tmp_path / "out_none"), "--model", str(tiny_model_dir), "--mpp", "0.25"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1 and r.stderr.count("no annotation of class 'Stroma'") == 3
+    assert project_tool(env, "describe", project) == third  # nothing touched
 
 
 def test_a_project_without_paquo_or_qupath_is_a_one_line_error(tmp_path, tiny_model_dir, monkeypatch, capsys):

@@ -24,6 +24,8 @@ def describe(path: str) -> dict:
                 "tiles": len(h.tiles),
                 "metadata": dict(e.metadata),
                 "measurements": sorted({k for d in h.detections for k in d.measurements.keys()}),
+                "figure_centroids": [[d.roi.centroid.x, d.roi.centroid.y] for d in h.detections
+                                     if d.path_class is not None and d.path_class.name.startswith("Mitotic figure")],
             }
         classes = {c.name: list(c.color.to_rgb()) for c in qp.path_classes}
     return {"entries": entries, "classes": classes}
@@ -34,7 +36,7 @@ def annotate(path: str) -> None:
         tumor = QuPathPathClass("Tumor", color=(200, 0, 0))
         qp.path_classes = [*qp.path_classes, tumor]
         for e in qp.images:
-            e.hierarchy.add_annotation(roi=box(0, 0, 100, 100), path_class=tumor)
+            e.hierarchy.add_annotation(roi=box(0, 0, 128, 256), path_class=tumor)  # the left half of the top fields
 
 
 if __name__ == "__main__":
