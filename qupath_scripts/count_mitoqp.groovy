@@ -1,0 +1,28 @@
+/**
+ * Count mitoqp's figures by class in the open image (or each image of a project) and colour them by class.
+ *
+ *   QuPath script -p project.qpproj -s count_mitoqp.groovy
+ *
+ * Prints one line per image: figures, atypical, normal, and the hotspot's count; the counts also go into the
+ * image's root measurements ("mitoqp figures", "mitoqp atypical", "mitoqp normal", "mitoqp hotspot"), so
+ * QuPath's project summary can tabulate them. Classes get mitoqp's colours (red, magenta, orange, black).
+ */
+import qupath.lib.common.ColorTools
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.classes.PathClass
+
+def COLOURS = ['Mitotic figure': [255, 0, 0], 'Mitotic figure (atypical)': [255, 0, 255],
+               'Mitotic figure (normal)': [255, 128, 0], 'Mitotic hotspot': [0, 0, 0]]
+COLOURS.each { name, rgb -> PathClass.fromString(name).setColor(ColorTools.packRGB(rgb[0], rgb[1], rgb[2])) }
+def cls = { PathObject p -> p.getPathClass()?.toString() }
+def figures = getDetectionObjects().findAll { PathObject p -> !p.isTile() && cls(p)?.startsWith('Mitotic figure') }
+def atypical = figures.count { cls(it) == 'Mitotic figure (atypical)' }
+def normal = figures.count { cls(it) == 'Mitotic figure (normal)' }
+def hotspot = getAnnotationObjects().find { cls(it) == 'Mitotic hotspot' }
+def inHotspot = hotspot == null ? 0 : (hotspot.getMeasurementList().get('Mitotic figures') as double) as int
+def root = getCurrentHierarchy().getRootObject().getMeasurementList()
+root.put('mitoqp figures', figures.size())
+root.put('mitoqp atypical', atypical)
+root.put('mitoqp normal', normal)
+root.put('mitoqp hotspot', inHotspot)
+println "mitoqp counts: ${figures.size()} figures, ${atypical} atypical, ${normal} normal, hotspot ${inHotspot}"
