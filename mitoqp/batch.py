@@ -24,11 +24,11 @@ from mitoqp import __version__
 from mitoqp.density import density_features
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
-from mitoqp.qupath_geojson import detection_features, hotspot_feature, write_detections
+from mitoqp.qupath_geojson import detection_features, hotspot_feature, tissue_feature, write_detections
 from mitoqp.report import save_overview, write_report
 from mitoqp.runtime.model import Model
 from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
-from mitoqp.tissue import save_qc
+from mitoqp.tissue import save_qc, tissue_geometry
 
 SUMMARY_FIELDS = [
     "slide", "status", "error", "mitotic_count", "atypical_count", "atypical_fraction", "tissue_area_mm2",
@@ -126,6 +126,8 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         if res.tissue is not None:
             save_qc(res.tissue, out / f"{name}.tissue.png", res.xy[det])
             write_detections(out / f"{name}.density.geojson", density_features(res.tissue, res.xy[det]))
+            geom = tissue_geometry(res.tissue)
+            write_detections(out / f"{name}.tissue.geojson", [tissue_feature(geom, res.tissue.area_mm2)] if geom else [])
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)

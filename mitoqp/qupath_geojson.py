@@ -78,6 +78,25 @@ def write_detections(path: Path, features: Iterable[dict]) -> None:
 
 
 HOTSPOT_CLASS = ("Mitotic hotspot", [0, 0, 0])
+TISSUE_CLASS = ("Tissue (mitoqp)", [0, 160, 0])
+
+
+def tissue_feature(geom, area_mm2: float) -> dict:
+    """The analysed tissue (level-0 shapely geometry) as a QuPath annotation with its area."""
+    from shapely.geometry import mapping
+
+    shape = mapping(geom)
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": json.loads(json.dumps(shape)),
+        "properties": {
+            "objectType": "annotation",
+            "name": "Analysed tissue",
+            "classification": {"name": TISSUE_CLASS[0], "color": TISSUE_CLASS[1]},
+            "measurements": {"Tissue area mm2": round(float(area_mm2), 6)},
+        },
+    }
 
 
 def hotspot_feature(spot: "Hotspot") -> dict:

@@ -2,8 +2,8 @@
 
 `mitoqp run --project P.qpproj` adds each slide as an image entry (or finds
 the entry it already has) and fills it with what the run wrote as GeoJSON:
-the figures (detections), the hotspot (an annotation) and the density squares
-(tiles), the path classes with their colours, and the entry's metadata (model
+the analysed tissue and the hotspot (annotations), the figures (detections)
+and the density squares (tiles), the path classes with their colours, and the entry's metadata (model
 id and sha256, mitoqp version, counts). The objects are made from the same
 GeoJSON files QuPath would import (type, class, geometry, measurements, name),
 so a project holds what a drag-and-drop of those files would.
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from mitoqp import __version__
 from mitoqp.density import TILE_CLASS
-from mitoqp.qupath_geojson import ATYPICAL_CLASS, CLASS_COLOR, CLASS_NAME, HOTSPOT_CLASS, NORMAL_CLASS
+from mitoqp.qupath_geojson import ATYPICAL_CLASS, CLASS_COLOR, CLASS_NAME, HOTSPOT_CLASS, NORMAL_CLASS, TISSUE_CLASS
 
 MITOQP_CLASSES = {CLASS_NAME: CLASS_COLOR, ATYPICAL_CLASS[0]: ATYPICAL_CLASS[1], NORMAL_CLASS[0]: NORMAL_CLASS[1],
-                  HOTSPOT_CLASS[0]: HOTSPOT_CLASS[1], TILE_CLASS[0]: TILE_CLASS[1]}
-OUTPUTS = ("geojson", "hotspot.geojson", "density.geojson")  # the files of a slide that go into its entry
+                  HOTSPOT_CLASS[0]: HOTSPOT_CLASS[1], TILE_CLASS[0]: TILE_CLASS[1], TISSUE_CLASS[0]: TISSUE_CLASS[1]}
+OUTPUTS = ("tissue.geojson", "geojson", "hotspot.geojson", "density.geojson")  # the files of a slide that go into its entry
 
 
 def import_paquo():

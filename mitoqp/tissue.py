@@ -123,3 +123,21 @@ def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> Non
             draw.ellipse((x - 5, y - 5, x + 5, y + 5), outline=(255, 0, 0), width=2)
     with atomic_path(path) as tmp:
         qc.save(tmp, format="PNG")
+
+
+def tissue_geometry(tm: TissueMask, simplify_px: float = 1.0):
+    """The tissue mask as a shapely (Multi)Polygon in level-0 pixels: runs of tissue pixels per row, merged.
+
+    The outline follows the mask's pixel edges, simplified by `simplify_px` mask pixels.
+    """
+    import shapely
+    from shapely.geometry import box
+
+    boxes = []
+    for y, row in enumerate(tm.mask):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(np.int8), [0]])))
+        boxes += [box(a, y, b, y + 1) for a, b in zip(edges[::2], edges[1::2])]
+    if not boxes:
+        return None
+    geom = shapely.union_all(boxes).simplify(simplify_px, preserve_topology=True)
+    return shapely.affinity.scale(geom, tm.scale, tm.scale, origin=(0, 0))

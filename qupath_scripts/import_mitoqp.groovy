@@ -8,13 +8,14 @@
  *   <name>.geojson          figures (detections: "Mitotic figure", or "(atypical)" / "(normal)")
  *   <name>.hotspot.geojson  the hotspot window (annotation "Mitotic hotspot")
  *   <name>.density.geojson  figures per mm2 in ~250-um squares (tiles "Mitotic density")
+ *   <name>.tissue.geojson   the analysed tissue (annotation "Tissue (mitoqp)")
  * Earlier mitoqp objects of the image (those classes) are removed first; everything else is kept, so a
  * re-import never doubles anything.
  */
 import qupath.lib.objects.PathObject
 
 def MITOQP = ['Mitotic figure', 'Mitotic figure (atypical)', 'Mitotic figure (normal)', 'Mitotic hotspot',
-              'Mitotic density'] as Set
+              'Mitotic density', 'Tissue (mitoqp)'] as Set
 def server = getCurrentServer()
 def image = new File(server.getURIs().iterator().next())
 def stem = image.getName().replaceFirst(/(?i)\.ome\.tiff?$/, '').replaceFirst(/\.[^.]+$/, '')
@@ -26,7 +27,7 @@ if (!figures.exists()) {
 }
 def isMitoqp = { PathObject p -> p.getPathClass() != null && MITOQP.contains(p.getPathClass().toString()) }
 removeObjects(getAllObjects().findAll(isMitoqp), true)
-['.geojson', '.hotspot.geojson', '.density.geojson'].each { suffix ->
+['.tissue.geojson', '.geojson', '.hotspot.geojson', '.density.geojson'].each { suffix ->
     def f = new File(folder, stem + suffix)
     if (f.exists())
         importObjectsFromFile(f.getAbsolutePath())

@@ -23,10 +23,10 @@ if (proc.waitFor() != 0) {
     return
 }
 def MITOQP = ['Mitotic figure', 'Mitotic figure (atypical)', 'Mitotic figure (normal)', 'Mitotic hotspot',
-              'Mitotic density'] as Set
+              'Mitotic density', 'Tissue (mitoqp)'] as Set
 def stem = image.getName().replaceFirst(/(?i)\.ome\.tiff?$/, '').replaceFirst(/\.[^.]+$/, '')
 removeObjects(getAllObjects().findAll { PathObject p -> p.getPathClass() != null && MITOQP.contains(p.getPathClass().toString()) }, true)
-['.geojson', '.hotspot.geojson', '.density.geojson'].each { suffix ->
+['.tissue.geojson', '.geojson', '.hotspot.geojson', '.density.geojson'].each { suffix ->
     def f = new File(out, stem + suffix)
     if (f.exists())
         importObjectsFromFile(f.getAbsolutePath())

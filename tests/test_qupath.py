@@ -200,3 +200,23 @@ def test_a_project_without_paquo_or_qupath_is_a_one_line_error(tmp_path, tiny_mo
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: QuPath projects need paquo: pip install 'mitoqp[qupath]' (GPL-3.0)"]
     assert not (tmp_path / "out" / "f.result.json").exists()
+
+
+@needs_qupath
+def test_qupath_reads_the_analysed_tissue_as_an_annotation_with_its_holes(tmp_path):
+    from mitoqp.qupath_geojson import TISSUE_CLASS, tissue_feature
+    from mitoqp.tissue import TissueMask, tissue_geometry
+
+    mask = np.zeros((50, 80), bool)
+    mask[5:45, 5:40] = True
+    mask[20:30, 15:25] = False  # a hole
+    mask[10:20, 50:70] = True  # a second piece
+    tissue = TissueMask(mask, np.zeros((50, 80, 3), np.uint8), scale=32.0, mpp=0.25)
+    geom = tissue_geometry(tissue)
+    assert geom.area == pytest.approx(mask.sum() * 32.0 ** 2)
+    path = tmp_path / "t.geojson"
+    write_detections(path, [tissue_feature(geom, tissue.area_mm2)])
+    (obj,) = qupath_reads(path)[str(path)]
+    assert obj["annotation"] and obj["class"] == TISSUE_CLASS[0] and obj["name"] == "Analysed tissue"
+    assert obj["area"] == pytest.approx(mask.sum() * 32.0 ** 2, rel=1e-6)  # the hole is a hole to QuPath too
+    assert obj["measurements"]["Tissue area mm2"] == pytest.approx(tissue.area_mm2, rel=1e-5)
