@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mitoqp import __version__
-from mitoqp.density import density_features
+from mitoqp.density import activity_index, density_features, tissue_fraction
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.qupath_geojson import detection_features, hotspot_feature, tissue_feature, write_detections
@@ -132,6 +132,11 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
+        activity = spot_tissue = None
+        if res.tissue is not None:
+            activity = activity_index(res.tissue, res.xy[det], cfg.hotspot_mm2 / 10)
+            if spot.count:
+                spot_tissue = tissue_fraction(res.tissue, spot.centre, spot.size_px, spot.shape)
         if res.tissue is not None:
             save_overview(res.tissue, res.xy[det], spot, out / f"{name}.overview.png")
         write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot)] if spot.count else [])
@@ -140,7 +145,10 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
             tissue_area_mm2=round(area, 4),
             count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=spot.count,
-            hotspot=spot.to_dict(),
+            hotspot={**spot.to_dict(), "tissue_fraction": None if spot_tissue is None else round(spot_tissue, 4),
+                     "per_tissue_mm2": (round(spot.count / (spot_tissue * spot.area_mm2), 3) if spot_tissue else None)},
+            activity_index=None if activity is None else {"figures_per_field": round(activity[0], 4), "fields": activity[1],
+                                                          "field_mm2": cfg.hotspot_mm2 / 10},
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
             timings={k: round(v, 4) for k, v in res.timings.items()},

@@ -59,3 +59,33 @@ def density_features(tissue: TissueMask, xy: np.ndarray, cell_um: float = CELL_U
                                  "Figures per mm2": round(n / a, 3)},
             },
         }
+
+
+def activity_index(tissue: TissueMask, xy: np.ndarray, field_mm2: float, min_tissue: float = 0.5) -> tuple[float, int]:
+    """UTS's slide-level mitotic activity index: the mean number of figures per field-sized square of tissue.
+
+    Fernandez-Martin et al. (../shared/docs/papers/uts-teacher-student.txt, Sec. 3) average the detections
+    over every tumour patch of the slide; without a tumour segmentation here, a square counts when at least
+    `min_tissue` of it is tissue. Returns (figures per field, fields counted). It is diluted by quiet tumour,
+    unlike the hotspot, which is what a pathologist's count mimics.
+    """
+    counts, area, side = density_grid(tissue, xy, np.sqrt(field_mm2) * 1000)
+    full = (side * tissue.mpp / 1000) ** 2
+    kept = area >= min_tissue * full
+    return (float(counts[kept].mean()) if kept.any() else 0.0), int(kept.sum())
+
+
+def tissue_fraction(tissue: TissueMask, centre: tuple[float, float], size_px: float, shape: str) -> float:
+    """The share of a hotspot window (level-0 centre and radius or side) that is tissue, on the mask's pixels."""
+    h, w = tissue.mask.shape
+    cx, cy = centre[0] / tissue.scale, centre[1] / tissue.scale
+    s = size_px / tissue.scale
+    half = s if shape == "circle" else s / 2
+    x0, x1 = int(np.floor(cx - half)), int(np.ceil(cx + half))
+    y0, y1 = int(np.floor(cy - half)), int(np.ceil(cy + half))
+    yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
+    inside = (np.hypot(xx - cx, yy - cy) <= s) if shape == "circle" else ((np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half))
+    on = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    tis = np.zeros_like(inside)
+    tis[on] = tissue.mask[yy[on].astype(int), xx[on].astype(int)]
+    return float((inside & tis).sum() / max(inside.sum(), 1))

@@ -115,7 +115,8 @@ section.slide img { max-width: 100%; border: 1px solid #ccc; }
 def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: float, hotspot_shape: str) -> Path:
     """`report.html` in `out` for the batch's records (ok, skipped and failed slides)."""
     head = ["slide", "status", "mitotic figures", "atypical", "atypical fraction", "tissue mm²", "figures per mm²",
-            f"hotspot ({hotspot_mm2:g} mm² {hotspot_shape})", "hotspot per mm²", "GeoJSON"]
+            f"hotspot ({hotspot_mm2:g} mm² {hotspot_shape})", "hotspot per mm² of tissue", "hotspot tissue share",
+            f"activity index (per {hotspot_mm2 / 10:g} mm² field)", "GeoJSON"]
     rows, sections = [], []
     for r in records:
         name = r.get("name", Path(str(r.get("slide", "?"))).stem)
@@ -128,7 +129,9 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
                  _cell(r.get("mitotic_count") if ok else None), _cell(r.get("atypical_count") if ok else None),
                  _cell(r.get("atypical_fraction") if ok else None, 3), _cell(r.get("tissue_area_mm2") if ok else None, 3),
                  _cell(r.get("count_per_mm2") if ok else None), _cell(spot if ok else None),
-                 _cell(round(spot / spot_area, 2) if ok and spot is not None else None),
+                 _cell(hs.get("per_tissue_mm2") if ok else None),
+                 _cell(hs.get("tissue_fraction") if ok else None, 3),
+                 _cell((r.get("activity_index") or {}).get("figures_per_field") if ok else None, 3),
                  f"<td data-v=''><a href='{html.escape(name)}.geojson'>figures</a> · "
                  f"<a href='{html.escape(name)}.density.geojson'>density</a></td>" if ok else "<td data-v=''>-</td>"]
         rows.append(f"<tr class='{'ok' if ok else 'error'}'>" + "".join(cells) + "</tr>")

@@ -282,3 +282,19 @@ def test_density_grid_counts_figures_and_tissue_per_square():
     assert counts[0, 0] == 2 and counts[1, 1] == 1 and counts.sum() == 3  # the point off the slide is dropped
     assert area.sum() == pytest.approx(tissue.area_mm2)
     assert area[0, 0] == pytest.approx((31 * 8 / 1000) ** 2) and area[2, 2] == 0
+
+
+def test_activity_index_and_hotspot_tissue_fraction():
+    from mitoqp.density import activity_index, tissue_fraction
+    from mitoqp.tissue import TissueMask
+
+    mask = np.zeros((200, 200), bool)
+    mask[:, :100] = True  # the left half is tissue (8 um pixels: 1.6 x 0.8 mm)
+    tissue = TissueMask(mask, np.zeros((200, 200, 3), np.uint8), scale=32.0, mpp=0.25)
+    # fields of 0.2 mm2: squares of 56 mask px; 3 x 1 full squares of tissue in the left half, 3 more on its edge
+    xy = np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 4000.0]]) * 1.0
+    per_field, fields = activity_index(tissue, xy, 0.2)
+    assert fields >= 3 and per_field == pytest.approx(3 / fields)
+    assert tissue_fraction(tissue, (100 * 32.0, 100 * 32.0), 40 * 32.0, "circle") == pytest.approx(0.5, abs=0.02)
+    assert tissue_fraction(tissue, (50 * 32.0, 100 * 32.0), 40 * 32.0, "square") == pytest.approx(1.0)
+    assert tissue_fraction(tissue, (190 * 32.0, 100 * 32.0), 10 * 32.0, "square") == 0.0
