@@ -123,32 +123,17 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         write_detections(out / f"{name}.geojson",
                          detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry,
                                             atypical, model.atypical_threshold))
-        if res.tissue is not None:
-            save_qc(res.tissue, out / f"{name}.tissue.png", res.xy[det])
-            write_detections(out / f"{name}.density.geojson", density_features(res.tissue, res.xy[det]))
-            geom = tissue_geometry(res.tissue)
-            write_detections(out / f"{name}.tissue.geojson", [tissue_feature(geom, res.tissue.area_mm2)] if geom else [])
+        spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
+        write_maps(res, spot, out, name)
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
-        spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
-        activity = spot_tissue = None
-        if res.tissue is not None:
-            activity = activity_index(res.tissue, res.xy[det], cfg.hotspot_mm2 / 10)
-            if spot.count:
-                spot_tissue = tissue_fraction(res.tissue, spot.centre, spot.size_px, spot.shape)
-        if res.tissue is not None:
-            save_overview(res.tissue, res.xy[det], spot, out / f"{name}.overview.png")
-        write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot)] if spot.count else [])
         record.update(
             status="ok", error="", mitotic_count=res.count, atypical_count=n_atypical,
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
             tissue_area_mm2=round(area, 4),
             count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=spot.count,
-            hotspot={**spot.to_dict(), "tissue_fraction": None if spot_tissue is None else round(spot_tissue, 4),
-                     "per_tissue_mm2": (round(spot.count / (spot_tissue * spot.area_mm2), 3) if spot_tissue else None)},
-            activity_index=None if activity is None else {"figures_per_field": round(activity[0], 4), "fields": activity[1],
-                                                          "field_mm2": cfg.hotspot_mm2 / 10},
+            **activity_record(res, spot),
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
             timings={k: round(v, 4) for k, v in res.timings.items()},
@@ -159,6 +144,33 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     if record["status"] == "ok":
         write_json_atomic(out / f"{name}.result.json", record)
     return record
+
+
+def write_maps(res, spot, out: Path, name: str) -> None:
+    """The slide's pictures and maps: QC thumbnail, density tiles, tissue and hotspot annotations, overview."""
+    xy = res.xy[res.detected]
+    if res.tissue is not None:
+        save_qc(res.tissue, out / f"{name}.tissue.png", xy)
+        write_detections(out / f"{name}.density.geojson", density_features(res.tissue, xy))
+        geom = tissue_geometry(res.tissue)
+        write_detections(out / f"{name}.tissue.geojson", [tissue_feature(geom, res.tissue.area_mm2)] if geom else [])
+        save_overview(res.tissue, xy, spot, out / f"{name}.overview.png")
+    write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot)] if spot.count else [])
+
+
+def activity_record(res, spot) -> dict:
+    """The hotspot (with the tissue share of its window) and UTS's activity index, for the slide's record."""
+    hotspot = {**spot.to_dict(), "tissue_fraction": None, "per_tissue_mm2": None}
+    if res.tissue is None:
+        return {"hotspot": hotspot, "activity_index": None}
+    if spot.count:
+        share = tissue_fraction(res.tissue, spot.centre, spot.size_px, spot.shape)
+        hotspot.update(tissue_fraction=round(share, 4),
+                       per_tissue_mm2=round(spot.count / (share * spot.area_mm2), 3) if share else None)
+    field_mm2 = spot.area_mm2 / 10  # one high-power field
+    per_field, fields = activity_index(res.tissue, res.xy[res.detected], field_mm2)
+    return {"hotspot": hotspot,
+            "activity_index": {"figures_per_field": round(per_field, 4), "fields": fields, "field_mm2": field_mm2}}
 
 
 def is_complete(out: Path, name: str) -> dict | None:
