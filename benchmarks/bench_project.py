@@ -52,8 +52,8 @@ def main() -> None:
         entry.save()
         t_ref = time.perf_counter() - t
     print(machine())
-    print(f"| detections | mitoqp write (GeoJSON, bulk) s | paquo add_detection loop s | ratio |")
-    print(f"|---|---|---|---|")
+    print("| detections | mitoqp write (GeoJSON, bulk) s | paquo add_detection loop s | ratio |")
+    print("|---|---|---|---|")
     print(f"| {got['objects']} | {t_ours:.1f} | {t_ref:.1f} | {t_ours / t_ref:.2f}x |")
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from conftest import FULL_RECIPE, ROOT, synthetic_field, synthetic_fields  # noqa: E402
+from conftest import ROOT, synthetic_field, synthetic_fields  # noqa: E402
 from mitoqp.cli import main  # noqa: E402
 from mitoqp.qupath_geojson import ATYPICAL_CLASS, NORMAL_CLASS, detection_features  # noqa: E402
 from mitoqp.runtime.backend import DihedralTTA, dihedral_view  # noqa: E402
