@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mitoqp import __version__
 from mitoqp.density import activity_index, density_features, tissue_fraction
+from mitoqp.grade import mitotic_score
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.qupath_geojson import detection_features, hotspot_feature, tissue_feature, write_detections
@@ -32,7 +33,7 @@ from mitoqp.tissue import save_qc, tissue_geometry
 
 SUMMARY_FIELDS = [
     "slide", "status", "error", "mitotic_count", "atypical_count", "atypical_fraction", "tissue_area_mm2",
-    "count_per_mm2", "hotspot_count",
+    "count_per_mm2", "hotspot_count", "mitotic_score",
     "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
 ]
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
@@ -133,6 +134,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
             tissue_area_mm2=round(area, 4),
             count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=spot.count,
+            mitotic_score=mitotic_score(spot.count, spot.area_mm2)["score"],
             **activity_record(res, spot),
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
@@ -160,7 +162,8 @@ def write_maps(res, spot, out: Path, name: str) -> None:
 
 def activity_record(res, spot) -> dict:
     """The hotspot (with the tissue share of its window) and UTS's activity index, for the slide's record."""
-    hotspot = {**spot.to_dict(), "tissue_fraction": None, "per_tissue_mm2": None}
+    hotspot = {**spot.to_dict(), "tissue_fraction": None, "per_tissue_mm2": None,
+               "mitotic_score": mitotic_score(spot.count, spot.area_mm2)}
     if res.tissue is None:
         return {"hotspot": hotspot, "activity_index": None}
     if spot.count:
@@ -232,7 +235,7 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
             tqdm.write(f"error: {rec['error']}", file=sys.stderr)
         records.append(rec)
     write_summaries(cfg.out_dir, records, model, started)
-    write_report(cfg.out_dir, records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape)
+    write_report(cfg.out_dir, records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape, cfg.project)
     return records
 
 

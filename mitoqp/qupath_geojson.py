@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from mitoqp.grade import mitotic_score
 from mitoqp.io_utils import atomic_path
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def hotspot_feature(spot: "Hotspot") -> dict:
             "name": f"Hotspot: {spot.count} in {spot.area_mm2:g} mm2",
             "classification": {"name": HOTSPOT_CLASS[0], "color": HOTSPOT_CLASS[1]},
             "measurements": {"Mitotic figures": spot.count, "Window area mm2": round(spot.area_mm2, 6),
-                             "Figures per mm2": round(spot.count / spot.area_mm2, 4)},
+                             "Figures per mm2": round(spot.count / spot.area_mm2, 4),
+                             "Nottingham mitotic score": mitotic_score(spot.count, spot.area_mm2)["score"]},
         },
     }

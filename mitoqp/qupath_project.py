@@ -142,7 +142,7 @@ def _same_uri(a: str, b: str) -> bool:
 def metadata(record: dict) -> dict:
     """What an entry keeps about the run that filled it (QuPath metadata values are strings)."""
     keys = ("model_id", "model_sha256", "mitotic_count", "atypical_count", "count_per_mm2", "hotspot_count",
-            "tissue_area_mm2", "threshold")
+            "mitotic_score", "tissue_area_mm2", "threshold")
     out = {f"mitoqp.{k}": str(record.get(k)) for k in keys if record.get(k) is not None}
     out["mitoqp.version"] = __version__
     return out

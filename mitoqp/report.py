@@ -2,23 +2,27 @@
 
 Per slide an overview picture (the tissue thumbnail with its outline, a heat
 map of mitotic density, the detected figures and the hotspot window), the
-counts, density, hotspot count and atypical fraction; for the batch a table
-that sorts by any column when its header is clicked. Pictures are embedded
-as PNG data, so the file can be mailed or archived on its own; links to each
-slide's GeoJSON are relative, so they work beside the run's outputs.
+counts, density, hotspot count, mitotic score and atypical fraction; for the
+batch a table that sorts by any column when its header is clicked. Pictures
+are embedded as PNG data, so the file can be mailed or archived on its own;
+links to each slide's GeoJSON and to the QuPath project are relative, so they
+work beside the run's outputs.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mitoqp.density import density_grid
+from mitoqp.grade import BASIS, mitotic_score
 from mitoqp.hotspot import Hotspot
 from mitoqp.io_utils import atomic_path, write_text_atomic
 from mitoqp.tissue import TissueMask
@@ -72,6 +76,26 @@ def data_uri(path: Path) -> str | None:
         return None
 
 
+def _links(name: str, record: dict) -> str:
+    """The slide's GeoJSON outputs, and its entry in the QuPath project when one was filled."""
+    n = html.escape(name)
+    entry = (record.get("project") or {}).get("entry")
+    return (f"<td data-v=''><a href='{n}.geojson'>figures</a> · <a href='{n}.density.geojson'>density</a> · "
+            f"<a href='{n}.hotspot.geojson'>hotspot</a>"
+            + (f" · QuPath entry {html.escape(str(entry))}" if entry else "") + "</td>")
+
+
+def _project_line(out: Path, project: Path | None) -> str:
+    if project is None:
+        return ""
+    try:
+        href = Path(os.path.relpath(Path(project).resolve(), Path(out).resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        href = Path(project).resolve().as_uri()
+    return (f"<p>QuPath project: <a href='{html.escape(quote(href, safe='/:'))}'>{html.escape(str(project))}</a> "
+            "(open it in QuPath; every slide below is an entry with its figures, hotspot and density tiles).</p>")
+
+
 def _cell(value, digits: int = 2) -> str:
     if value is None or value == "":
         return "<td data-v=''>-</td>"
@@ -111,11 +135,13 @@ section.slide img { max-width: 100%; border: 1px solid #ccc; }
 """
 
 
-def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: float, hotspot_shape: str) -> Path:
-    """`report.html` in `out` for the batch's records (ok, skipped and failed slides)."""
+def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: float, hotspot_shape: str,
+                 project: Path | None = None) -> Path:
+    """`report.html` in `out` for the batch's records (ok, skipped and failed slides), linking `project` if filled."""
+    score = mitotic_score(0, hotspot_mm2)
     head = ["slide", "status", "mitotic figures", "atypical", "atypical fraction", "tissue mm²", "figures per mm²",
-            f"hotspot ({hotspot_mm2:g} mm² {hotspot_shape})", "hotspot per mm² of tissue", "hotspot tissue share",
-            f"activity index (per {hotspot_mm2 / 10:g} mm² field)", "GeoJSON"]
+            f"hotspot ({hotspot_mm2:g} mm² {hotspot_shape})", "mitotic score", "hotspot per mm² of tissue",
+            "hotspot tissue share", f"activity index (per {hotspot_mm2 / 10:g} mm² field)", "outputs"]
     rows, sections = [], []
     for r in records:
         name = r.get("name", Path(str(r.get("slide", "?"))).stem)
@@ -128,11 +154,11 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
                  _cell(r.get("mitotic_count") if ok else None), _cell(r.get("atypical_count") if ok else None),
                  _cell(r.get("atypical_fraction") if ok else None, 3), _cell(r.get("tissue_area_mm2") if ok else None, 3),
                  _cell(r.get("count_per_mm2") if ok else None), _cell(spot if ok else None),
+                 _cell(r.get("mitotic_score") if ok else None),
                  _cell(hs.get("per_tissue_mm2") if ok else None),
                  _cell(hs.get("tissue_fraction") if ok else None, 3),
                  _cell((r.get("activity_index") or {}).get("figures_per_field") if ok else None, 3),
-                 f"<td data-v=''><a href='{html.escape(name)}.geojson'>figures</a> · "
-                 f"<a href='{html.escape(name)}.density.geojson'>density</a></td>" if ok else "<td data-v=''>-</td>"]
+                 _links(name, r) if ok else "<td data-v=''>-</td>"]
         rows.append(f"<tr class='{'ok' if ok else 'error'}'>" + "".join(cells) + "</tr>")
         if ok:
             uri = data_uri(out / f"{name}.overview.png")
@@ -142,6 +168,7 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
                 f"<section class='slide' id='{html.escape(name)}'><h2>{html.escape(name)}</h2>"
                 f"<p>{r.get('mitotic_count')} mitotic figures in {r.get('tissue_area_mm2')} mm² of tissue "
                 f"({r.get('count_per_mm2')} per mm²); hotspot: {spot} in {spot_area:g} mm²"
+                + (f", mitotic score {r['mitotic_score']}" if r.get("mitotic_score") is not None else "")
                 + (f"; atypical: {r.get('atypical_count')}" if r.get("atypical_count") is not None else "")
                 + f".</p>{picture}</section>")
         else:
@@ -151,6 +178,12 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mitoqp report</title>"
         f"<style>{CSS}</style></head><body><h1>mitoqp report</h1>"
         f"<p>Model <code>{html.escape(model_id)}</code>; {len(records)} slides. Click a column header to sort.</p>"
+        + _project_line(out, project) +
+        f"<p class='legend'>Mitotic score (Nottingham grade, breast carcinoma) from the hotspot count in "
+        f"{hotspot_mm2:g} mm²: 1 for {score['score_1']} figures, 2 for {score['score_2']}, 3 for "
+        f"{html.escape(score['score_3'].replace('>=', '≥'))}; {html.escape(BASIS)}. A window partly off tissue "
+        "(tissue share below 1) is still the window with the most figures; its count per mm² of tissue is beside it."
+        "</p>"
         "<table id='slides' class='sortable'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
         + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
         "<p class='legend'>Pictures: tissue outlined in green, mitotic density per mm² of tissue in ~250-µm squares "

@@ -260,6 +260,9 @@ def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(t
 
     assert rec["hotspot"]["shape"] == "square" and rec["hotspot"]["area_mm2"] == HPF_AREA_PRESETS_MM2["fn22"]
     assert rec["hotspot"]["count"] == rec["hotspot_count"] <= rec["mitotic_count"]
+    score = rec["hotspot"]["mitotic_score"]
+    assert (score["score_1"], score["score_2"], score["score_3"]) == ("0-8", "9-17", ">=18")  # ten fn22 fields
+    assert score["score"] == rec["mitotic_score"] == (1 if rec["hotspot_count"] <= 8 else 2)
     stamp = (out / "field.result.json").stat().st_mtime_ns
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "fn22",
                "--hotspot-shape", "square") == 0

@@ -96,6 +96,7 @@ def test_qupath_reads_the_hotspot_as_an_annotation_of_its_area(tmp_path, shape):
     assert obj["annotation"] and not obj["detection"] and obj["class"] == HOTSPOT_CLASS[0]
     assert obj["name"] == f"Hotspot: {spot.count} in 2 mm2"
     assert obj["measurements"]["Mitotic figures"] == spot.count >= 12
+    assert obj["measurements"]["Nottingham mitotic score"] == (2 if spot.count < 15 else 3)  # 8-14 / >=15 in 2 mm2
     assert obj["centroid"] == pytest.approx(list(spot.centre), abs=1.0)
     area_mm2 = obj["area"] * (0.25 / 1000) ** 2
     assert area_mm2 == pytest.approx(2.0, rel=2e-3)  # a 128-gon is 0.04% short of its circle

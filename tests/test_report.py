@@ -33,6 +33,20 @@ def test_report_lists_every_slide_and_holds_its_pictures(batch):
     assert not re.search(r"(src|href)=['\"](https?:|/)", page)  # nothing outside the file or the run's folder
     assert "href='field.geojson'" in page and "href='field.density.geojson'" in page
     assert (batch / "field.overview.png").exists() and "broken" in page
+    assert "<th>mitotic score</th>" in page and "1 for 0-7 figures, 2 for 8-14, 3 for ≥15" in page  # 2 mm2 bounds
+
+
+def test_report_scores_the_hotspot_and_links_the_project(tmp_path):
+    from mitoqp.report import write_report
+
+    out = tmp_path / "runs" / "out"
+    out.mkdir(parents=True)
+    rec = {"name": "s 1", "status": "ok", "mitotic_count": 40, "hotspot_count": 19, "mitotic_score": 3,
+           "hotspot": {"count": 19, "area_mm2": 2.376}, "project": {"objects": 41, "entry": "s 1.svs"}}
+    page = write_report(out, [rec], "m", 2.376, "circle", tmp_path / "lab" / "P.qpproj").read_text()
+    assert "href='../../lab/P.qpproj'" in page  # relative, so the folder can move with its project
+    assert "QuPath entry s 1.svs" in page and "mitotic score 3" in page
+    assert "1 for 0-8 figures, 2 for 9-17, 3 for ≥18" in page  # field number 22: ten fields of 0.2376 mm2
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (apt install chromium)")
