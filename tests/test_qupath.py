@@ -150,6 +150,7 @@ def test_a_run_fills_a_qupath_project_and_a_rerun_replaces_only_its_own_objects(
         assert e["annotations"].get("Mitotic hotspot", 0) == (1 if rec["mitotic_count"] else 0)
         assert e["tiles"] > 0 and e["metadata"]["mitoqp.model_sha256"] == rec["model_sha256"]
         assert e["metadata"]["mitoqp.mitotic_count"] == str(rec["mitotic_count"])
+        assert e["metadata"]["mitoqp.mitotic_score"] == str(rec["mitotic_score"])
         if rec["mitotic_count"]:
             assert "score" in e["measurements"]
     project_tool(env, "annotate", project)  # the lab draws its own annotation
