@@ -125,7 +125,8 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
                          detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry,
                                             atypical, model.atypical_threshold))
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
-        write_maps(res, spot, out, name)
+        grade = mitotic_score(spot.count, spot.area_mm2, res.analysed_area_mm2)
+        write_maps(res, spot, grade["score"], out, name)
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
@@ -134,8 +135,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
             atypical_fraction=round(n_atypical / res.count, 4) if n_atypical is not None and res.count else None,
             tissue_area_mm2=round(area, 4),
             count_per_mm2=round(res.count / area, 4) if area > 0 else None, hotspot_count=spot.count,
-            mitotic_score=mitotic_score(spot.count, spot.area_mm2)["score"],
-            **activity_record(res, spot),
+            mitotic_score=grade["score"], **activity_record(res, spot, grade),
             candidates=res.candidates, candidates_per_mm2=round(res.candidates / area, 1) if area > 0 else None,
             windows=res.windows, mpp=res.mpp, threshold=res.threshold,
             timings={k: round(v, 4) for k, v in res.timings.items()},
@@ -148,7 +148,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     return record
 
 
-def write_maps(res, spot, out: Path, name: str) -> None:
+def write_maps(res, spot, score: int | None, out: Path, name: str) -> None:
     """The slide's pictures and maps: QC thumbnail, density tiles, tissue and hotspot annotations, overview."""
     xy = res.xy[res.detected]
     if res.tissue is not None:
@@ -157,13 +157,12 @@ def write_maps(res, spot, out: Path, name: str) -> None:
         geom = tissue_geometry(res.tissue)
         write_detections(out / f"{name}.tissue.geojson", [tissue_feature(geom, res.tissue.area_mm2)] if geom else [])
         save_overview(res.tissue, xy, spot, out / f"{name}.overview.png")
-    write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot)] if spot.count else [])
+    write_detections(out / f"{name}.hotspot.geojson", [hotspot_feature(spot, score)] if spot.count else [])
 
 
-def activity_record(res, spot) -> dict:
-    """The hotspot (with the tissue share of its window) and UTS's activity index, for the slide's record."""
-    hotspot = {**spot.to_dict(), "tissue_fraction": None, "per_tissue_mm2": None,
-               "mitotic_score": mitotic_score(spot.count, spot.area_mm2)}
+def activity_record(res, spot, grade: dict) -> dict:
+    """The hotspot (tissue share of its window, mitotic score) and UTS's activity index, for the slide's record."""
+    hotspot = {**spot.to_dict(), "tissue_fraction": None, "per_tissue_mm2": None, "mitotic_score": grade}
     if res.tissue is None:
         return {"hotspot": hotspot, "activity_index": None}
     if spot.count:

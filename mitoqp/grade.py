@@ -29,9 +29,16 @@ def score_bounds(area_mm2: float) -> tuple[int, int]:
     return tuple(max(1, math.ceil(round(b * area_mm2 / ANCHOR_AREA_MM2, 9))) for b in ANCHOR_BOUNDS)
 
 
-def mitotic_score(count: int, area_mm2: float) -> dict:
-    """The score (1-3) of `count` figures in `area_mm2`, with the bounds used, for the record and report."""
+def mitotic_score(count: int, area_mm2: float, tissue_mm2: float | None = None) -> dict:
+    """The score (1-3) of `count` figures in `area_mm2`, with the bounds used, for the record and report.
+
+    With less tissue than the counted area (a single field, a biopsy fragment)
+    ten fields cannot be counted, and a score from fewer would understate it:
+    the score is then None and `withheld` says why.
+    """
     two, three = score_bounds(area_mm2)
-    score = 3 if count >= three else 2 if count >= two else 1
-    return {"score": score, "count": int(count), "area_mm2": area_mm2,
-            "score_1": f"0-{two - 1}", "score_2": f"{two}-{three - 1}", "score_3": f">={three}"}
+    out = {"score": 3 if count >= three else 2 if count >= two else 1, "count": int(count), "area_mm2": area_mm2,
+           "score_1": f"0-{two - 1}", "score_2": f"{two}-{three - 1}", "score_3": f">={three}"}
+    if tissue_mm2 is not None and tissue_mm2 < area_mm2:
+        out.update(score=None, withheld=f"{tissue_mm2:.3g} mm2 of tissue, less than the {area_mm2:g} mm2 counted")
+    return out

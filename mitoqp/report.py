@@ -168,7 +168,9 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
                 f"<section class='slide' id='{html.escape(name)}'><h2>{html.escape(name)}</h2>"
                 f"<p>{r.get('mitotic_count')} mitotic figures in {r.get('tissue_area_mm2')} mm² of tissue "
                 f"({r.get('count_per_mm2')} per mm²); hotspot: {spot} in {spot_area:g} mm²"
-                + (f", mitotic score {r['mitotic_score']}" if r.get("mitotic_score") is not None else "")
+                + (f", mitotic score {r['mitotic_score']}" if r.get("mitotic_score") is not None else
+                   f", no mitotic score ({html.escape(str(hs['mitotic_score'].get('withheld')))})"
+                   if (hs.get("mitotic_score") or {}).get("withheld") else "")
                 + (f"; atypical: {r.get('atypical_count')}" if r.get("atypical_count") is not None else "")
                 + f".</p>{picture}</section>")
         else:
@@ -181,7 +183,8 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
         + _project_line(out, project) +
         f"<p class='legend'>Mitotic score (Nottingham grade, breast carcinoma) from the hotspot count in "
         f"{hotspot_mm2:g} mm²: 1 for {score['score_1']} figures, 2 for {score['score_2']}, 3 for "
-        f"{html.escape(score['score_3'].replace('>=', '≥'))}; {html.escape(BASIS)}. A window partly off tissue "
+        f"{html.escape(score['score_3'].replace('>=', '≥'))}; {html.escape(BASIS)}. No score where a slide has less "
+        "tissue than that area. A window partly off tissue "
         "(tissue share below 1) is still the window with the most figures; its count per mm² of tissue is beside it."
         "</p>"
         "<table id='slides' class='sortable'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)

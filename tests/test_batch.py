@@ -262,7 +262,7 @@ def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(t
     assert rec["hotspot"]["count"] == rec["hotspot_count"] <= rec["mitotic_count"]
     score = rec["hotspot"]["mitotic_score"]
     assert (score["score_1"], score["score_2"], score["score_3"]) == ("0-8", "9-17", ">=18")  # ten fn22 fields
-    assert score["score"] == rec["mitotic_score"] == (1 if rec["hotspot_count"] <= 8 else 2)
+    assert score["score"] is rec["mitotic_score"] is None and "less than the 2.37" in score["withheld"]  # one field
     stamp = (out / "field.result.json").stat().st_mtime_ns
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "fn22",
                "--hotspot-shape", "square") == 0
@@ -270,6 +270,12 @@ def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(t
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25) == 0
     assert json.loads((out / "field.result.json").read_text())["hotspot"]["shape"] == "circle"
     assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "ten") == 2
+    assert run(field_png, "-o", out, "--model", tiny_model_dir, "--mpp", 0.25, "--hpf-area", "0.004") == 0
+    rec = json.loads((out / "field.result.json").read_text())
+    assert rec["tissue_area_mm2"] >= 0.004 and rec["hotspot_count"] >= 1
+    assert rec["mitotic_score"] == rec["hotspot"]["mitotic_score"]["score"] == 3  # bounds 1 and 1 in 0.004 mm2
+    spot = json.loads((out / "field.hotspot.geojson").read_text())["features"][0]
+    assert spot["properties"]["measurements"]["Nottingham mitotic score"] == 3
 
 
 def test_density_grid_counts_figures_and_tissue_per_square():
