@@ -75,6 +75,18 @@ def test_count_by_class_puts_the_counts_on_the_image(field):
     assert got["root"]["mitoqp figures"] == rec["mitotic_count"]
     assert got["root"]["mitoqp hotspot"] == rec["hotspot_count"]
     assert got["root"]["mitoqp atypical"] == got["root"]["mitoqp normal"] == 0  # the tiny model has no subtype head
+    assert "mitoqp mitotic score" not in got["root"] and got["printed"][-1].endswith("no mitotic score")  # one field
+
+
+def test_count_takes_the_mitotic_score_from_the_hotspot(field, tmp_path, tiny_model_dir):
+    image, _, _ = field
+    out = tmp_path / "scored"  # a counted area smaller than the field's tissue, so the score is given
+    assert main(["run", "-q", str(image), "-o", str(out), "--model", str(tiny_model_dir), "--mpp", "0.25",
+                 "--hpf-area", "0.004"]) == 0
+    rec = json.loads((out / "field.result.json").read_text())
+    got = run_script("import_mitoqp.groovy,count_mitoqp.groovy", image, 1, out)
+    assert rec["mitotic_score"] in (1, 2, 3) and got["root"]["mitoqp mitotic score"] == rec["mitotic_score"]
+    assert got["printed"][-1].endswith(f"mitotic score {rec['mitotic_score']}")
 
 
 def test_run_from_inside_qupath_runs_mitoqp_and_imports(field, tmp_path, tiny_model_dir):
