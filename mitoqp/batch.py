@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from mitoqp import __version__
 from mitoqp.density import activity_index, density_features, tissue_fraction
+from mitoqp.faults import checkpoint
+from mitoqp.folder_lock import FolderLock, remove_stale_temporaries
 from mitoqp.grade import mitotic_score
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.pipeline import Options, analyse_slide
@@ -117,13 +119,16 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
         with open_slide(path, cfg.reader) as slide:
+            checkpoint("read")
             res = analyse_slide(slide, model, cfg.options)
+        checkpoint("model")
         t = time.perf_counter()
         det = res.detected
         atypical = res.atypical[det] if res.atypical is not None else None
         write_detections(out / f"{name}.geojson",
                          detection_features(res.xy[det], res.scores[det], res.area_um2[det], res.mpp, cfg.geometry,
                                             atypical, model.atypical_threshold))
+        checkpoint("write")
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
         grade = mitotic_score(spot.count, spot.area_mm2, res.analysed_area_mm2)
         write_maps(res, spot, grade["score"], out, name)
@@ -188,7 +193,13 @@ def is_complete(out: Path, name: str) -> dict | None:
 
 
 def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = True) -> list[dict]:
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    """Every slide of `inputs` (or of the project) into `cfg.out_dir`, which this run holds alone."""
+    with FolderLock(cfg.out_dir):
+        remove_stale_temporaries(cfg.out_dir)  # left by a run that was killed; we hold the folder now
+        return _run_batch(inputs, model, cfg, progress)
+
+
+def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) -> list[dict]:
     project, rois = None, {}
     if cfg.project is not None:
         from mitoqp.qupath_project import ProjectWriter
@@ -239,6 +250,7 @@ def run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool = 
 
 
 def write_summaries(out: Path, records: list[dict], model: Model, started: str) -> None:
+    checkpoint("summary")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS + ["timings"], extrasaction="ignore")
     writer.writeheader()

@@ -44,9 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                           args.from_project or args.project, bool(args.from_project),
                                                           args.roi_class),
                             progress=not args.quiet)
-    except ValueError as exc:  # the project cannot be opened: nothing was run
+    except ValueError as exc:  # the project cannot be opened, or another run holds -o: nothing was run
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the summary could not be written (a full disk): earlier files are intact
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if not records:
         print("error: no slides found in the inputs", file=sys.stderr)
         return 2

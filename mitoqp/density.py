@@ -11,7 +11,6 @@ tissue mask's grid, so a square's tissue area is exact on that mask.
 
 from __future__ import annotations
 
-import uuid
 from typing import Iterator
 
 import numpy as np
@@ -50,7 +49,6 @@ def density_features(tissue: TissueMask, xy: np.ndarray, cell_um: float = CELL_U
         n, a = int(counts[gy, gx]), float(area[gy, gx])
         yield {
             "type": "Feature",
-            "id": str(uuid.uuid4()),
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
                 "objectType": "tile",

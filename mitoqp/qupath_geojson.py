@@ -58,7 +58,6 @@ def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray,
             measurements["atypical_score"] = round(float(at), 5)
         yield {
             "type": "Feature",
-            "id": str(uuid.uuid4()),
             "geometry": geom,
             "properties": {
                 "objectType": "detection",
@@ -68,11 +67,23 @@ def detection_features(xy: np.ndarray, scores: np.ndarray, area_um2: np.ndarray,
         }
 
 
+ID_NAMESPACE = uuid.UUID("5d0c4f3e-8a51-4c2b-9a57-6d3f0e2b7c11")  # mitoqp's, for name-based object ids
+
+
+def object_id(file_name: str, index: int) -> str:
+    """A UUID (what QuPath wants) from the output file's name and the feature's place in it: a re-run, a run
+    resumed after a crash and a run on another machine write the same ids, so their files are byte-identical."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{file_name}/{index}"))
+
+
 def write_detections(path: Path, features: Iterable[dict]) -> None:
-    """A FeatureCollection written one feature at a time (memory does not grow with the count)."""
+    """A FeatureCollection written one feature at a time (memory does not grow with the count); each feature
+    gets its id here (`object_id`)."""
+    path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write('{"type": "FeatureCollection", "features": [')
         for i, feat in enumerate(features):
+            feat = {"type": feat["type"], "id": object_id(path.name, i), **feat}
             f.write((",\n" if i else "\n") + json.dumps(feat))
         f.write("\n]}\n")
 
@@ -88,7 +99,6 @@ def tissue_feature(geom, area_mm2: float) -> dict:
     shape = mapping(geom)
     return {
         "type": "Feature",
-        "id": str(uuid.uuid4()),
         "geometry": json.loads(json.dumps(shape)),
         "properties": {
             "objectType": "annotation",
@@ -114,7 +124,6 @@ def hotspot_feature(spot: "Hotspot", score: int | None = None) -> dict:
         measurements["Nottingham mitotic score"] = score
     return {
         "type": "Feature",
-        "id": str(uuid.uuid4()),
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "properties": {
             "objectType": "annotation",

@@ -18,8 +18,11 @@ def test_features_follow_qupath_rules(tmp_path, shape):
     write_detections(path, feats)
     doc = json.loads(path.read_text())
     assert doc["type"] == "FeatureCollection" and len(doc["features"]) == 2
+    ids = [f["id"] for f in doc["features"]]
+    assert len(set(ids)) == 2 and all(uuid.UUID(i).version == 5 for i in ids)  # name-based: a re-run writes the same
+    write_detections(tmp_path / "other.geojson", feats)
+    assert not set(ids) & {f["id"] for f in json.loads((tmp_path / "other.geojson").read_text())["features"]}
     for f in doc["features"]:
-        assert uuid.UUID(f["id"]).version == 4
         assert "objectType" not in f
         props = f["properties"]
         assert props["objectType"] == "detection"

@@ -1,0 +1,39 @@
+"""Fault injection, for the tests and the soak benchmark that cause the faults a 24-hour batch meets.
+
+`MITOQP_KILL_AT=STAGE:N` kills this process with SIGKILL the N-th time it
+reaches STAGE; `MITOQP_FAIL_AT=STAGE:N:ERRNO` raises OSError(ERRNO) there
+instead (ENOSPC for a full disk). Stages: `read` (slide opened), `model`
+(slide analysed), `write` (between two output files), `rename` (a temporary
+file written, not yet renamed), `summary` (the batch's summary files).
+Without the variables a checkpoint costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections import Counter
+
+_reached: Counter = Counter()
+
+
+def _matches(spec: str, stage: str) -> list[str] | None:
+    parts = spec.split(":")
+    if len(parts) < 2 or parts[0] != stage:
+        return None
+    return parts
+
+
+def checkpoint(stage: str) -> None:
+    """Kill or fail here if the environment asks for it at this stage's current count."""
+    kill, fail = os.environ.get("MITOQP_KILL_AT"), os.environ.get("MITOQP_FAIL_AT")
+    if not kill and not fail:
+        return
+    _reached[stage] += 1
+    n = _reached[stage]
+    if kill and (parts := _matches(kill, stage)) and int(parts[1]) == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fail and (parts := _matches(fail, stage)) and int(parts[1]) == n:
+        code = getattr(errno, parts[2]) if len(parts) > 2 else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (injected at {stage})")
