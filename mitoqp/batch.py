@@ -30,13 +30,13 @@ from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.qupath_geojson import detection_features, hotspot_feature, tissue_feature, write_detections
 from mitoqp.report import save_overview, write_report
 from mitoqp.runtime.model import Model
-from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SlideError, open_slide
+from mitoqp.slide import FIELD_SUFFIXES, SLIDE_SUFFIXES, SkippingSlide, SlideError, open_slide
 from mitoqp.tissue import save_qc, tissue_geometry
 
 SUMMARY_FIELDS = [
     "slide", "status", "error", "mitotic_count", "atypical_count", "atypical_fraction", "tissue_area_mm2",
     "count_per_mm2", "hotspot_count", "mitotic_score",
-    "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
+    "skipped_tiles", "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
 ]
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
@@ -98,6 +98,7 @@ class RunConfig:
     project: Path | None = None  # a QuPath project to fill (paquo)
     from_project: bool = False  # the slides are the project's images (inputs ignored), results go back into it
     roi_class: str | None = None  # with from_project: analyse inside the entry's annotations of this class only
+    on_tile_error: str = "fail"  # or "skip": an undecodable tile reads as glass, counted and marked in the QC image
 
 
 def run_settings(model: Model, opts: Options) -> dict:
@@ -108,7 +109,9 @@ def run_settings(model: Model, opts: Options) -> dict:
 
 
 def hotspot_settings(cfg: "RunConfig") -> dict:
-    return {"hotspot_mm2": cfg.hotspot_mm2, "hotspot_shape": cfg.hotspot_shape}
+    """Settings of the run itself that change a slide's outputs (tile skipping only when asked for)."""
+    skip = {"on_tile_error": "skip"} if cfg.on_tile_error == "skip" else {}
+    return {"hotspot_mm2": cfg.hotspot_mm2, "hotspot_shape": cfg.hotspot_shape, **skip}
 
 
 def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
@@ -118,10 +121,17 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     (out / f"{name}.result.json").unlink(missing_ok=True)  # incomplete until the new record is written
     try:
-        with open_slide(path, cfg.reader) as slide:
+        with open_slide(path, cfg.reader) as opened:
+            slide = SkippingSlide(opened) if cfg.on_tile_error == "skip" else opened
             checkpoint("read")
             res = analyse_slide(slide, model, cfg.options)
         checkpoint("model")
+        skipped = slide.skipped_boxes() if isinstance(slide, SkippingSlide) else []
+        if isinstance(slide, SkippingSlide):
+            record["skipped_tiles"] = len(skipped)
+        if skipped:
+            record["skipped_tile_boxes"] = skipped[:1000]  # level-0 px; the first error says why
+            record["skipped_tile_error"] = slide.first_error
         t = time.perf_counter()
         det = res.detected
         atypical = res.atypical[det] if res.atypical is not None else None
@@ -131,7 +141,7 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         checkpoint("write")
         spot = res.hotspot(cfg.hotspot_mm2, cfg.hotspot_shape)
         grade = mitotic_score(spot.count, spot.area_mm2, res.analysed_area_mm2)
-        write_maps(res, spot, grade["score"], out, name)
+        write_maps(res, spot, grade["score"], out, name, skipped)
         res.timings["write"] = time.perf_counter() - t
         area = res.analysed_area_mm2
         n_atypical = res.atypical_count(model.atypical_threshold)
@@ -153,11 +163,11 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
     return record
 
 
-def write_maps(res, spot, score: int | None, out: Path, name: str) -> None:
+def write_maps(res, spot, score: int | None, out: Path, name: str, skipped: list | None = None) -> None:
     """The slide's pictures and maps: QC thumbnail, density tiles, tissue and hotspot annotations, overview."""
     xy = res.xy[res.detected]
     if res.tissue is not None:
-        save_qc(res.tissue, out / f"{name}.tissue.png", xy)
+        save_qc(res.tissue, out / f"{name}.tissue.png", xy, skipped)
         write_detections(out / f"{name}.density.geojson", density_features(res.tissue, xy))
         geom = tissue_geometry(res.tissue)
         write_detections(out / f"{name}.tissue.geojson", [tissue_feature(geom, res.tissue.area_mm2)] if geom else [])
@@ -243,6 +253,9 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
                 rec.update(status="error", error=f"QuPath project: {str(exc).splitlines()[0]}")
         if rec["status"] == "error":
             tqdm.write(f"error: {rec['error']}", file=sys.stderr)
+        elif rec.get("skipped_tiles"):
+            tqdm.write(f"warning: {name}: {rec['skipped_tiles']} unreadable tiles skipped as glass "
+                       f"({rec['skipped_tile_error']})", file=sys.stderr)
         records.append(rec)
     write_summaries(cfg.out_dir, records, model, started)
     write_report(cfg.out_dir, records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape, cfg.project)

@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
                                                           hotspot_mm2, args.hotspot_shape,
                                                           args.from_project or args.project, bool(args.from_project),
-                                                          args.roi_class),
+                                                          args.roi_class, args.on_tile_error),
                             progress=not args.quiet)
     except ValueError as exc:  # the project cannot be opened, or another run holds -o: nothing was run
         print(f"error: {exc}", file=sys.stderr)
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--geometry", choices=["circle", "point"], default="circle", help="GeoJSON shape per detection")
     r.add_argument("--window", type=int, default=2048, help="window size in level pixels (memory vs overhead)")
     r.add_argument("--overwrite", action="store_true", help="redo slides whose outputs are complete")
+    r.add_argument("--on-tile-error", choices=["fail", "skip"], default="fail",
+                   help="an undecodable tile fails its slide (default), or is skipped as glass, counted and marked")
     r.add_argument("--hpf-area", default="2mm2", metavar="MM2_OR_PRESET",
                    help="area of the hotspot (the ten high-power fields a grade counts in): mm2, or a preset: "
                         + ", ".join(HPF_AREA_PRESETS_MM2) + " (fnNN: ten fields of field number NN at 40x)")

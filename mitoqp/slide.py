@@ -101,6 +101,40 @@ def as_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+class SkippingSlide(Slide):
+    """A slide whose undecodable tiles read as glass, each one recorded (`--on-tile-error skip`).
+
+    A scanner's corrupt tile in the middle of a slide costs that tile, not the
+    slide; the record counts the skipped tiles and the QC image marks them.
+    """
+
+    def __init__(self, inner: Slide):
+        self.inner, self.info = inner, inner.info
+        self.skipped: list[tuple[int, int, int]] = []  # (level, tx, ty); appended from decoding threads
+        self.first_error = ""
+
+    def read_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
+        try:
+            return self.inner.read_tile(level, tx, ty)
+        except SlideError as exc:
+            if not self.skipped:
+                self.first_error = str(exc)
+            self.skipped.append((level, tx, ty))
+            (w, h), (tw, th) = self.info.level_dimensions[level], self.info.tile_sizes[level]
+            return np.full((min(th, h - ty * th), min(tw, w - tx * tw), 3), 255, np.uint8)
+
+    def skipped_boxes(self) -> list[list[float]]:
+        """Level-0 boxes (x0, y0, x1, y1) of the skipped tiles, each once."""
+        out = []
+        for level, tx, ty in sorted(set(self.skipped)):
+            (tw, th), ds = self.info.tile_sizes[level], self.info.level_downsamples[level]
+            out.append([tx * tw * ds, ty * th * ds, (tx + 1) * tw * ds, (ty + 1) * th * ds])
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class TiffSlide(Slide):
     """Pyramidal TIFF through tiffslide (metadata) and tifffile (tile decoding)."""
 

@@ -109,8 +109,9 @@ def detect_tissue(slide: Slide, mpp: float) -> TissueMask:
     return TissueMask(mask, thumb, scale, mpp)
 
 
-def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> None:
-    """A small PNG: thumbnail, tissue outline in green, detections in red."""
+def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None, skipped: list | None = None) -> None:
+    """A small PNG: thumbnail, tissue outline in green, detections in red, skipped (unreadable) tiles crossed
+    out in blue."""
     from mitoqp.io_utils import atomic_path
 
     img = tm.thumb.copy()
@@ -121,6 +122,12 @@ def save_qc(tm: TissueMask, path: Path, points: np.ndarray | None = None) -> Non
         draw = ImageDraw.Draw(qc)
         for x, y in np.asarray(points) / tm.scale:
             draw.ellipse((x - 5, y - 5, x + 5, y + 5), outline=(255, 0, 0), width=2)
+    if skipped:
+        draw = ImageDraw.Draw(qc)
+        for x0, y0, x1, y1 in np.asarray(skipped, float) / tm.scale:
+            draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 255), width=2)
+            draw.line((x0, y0, x1, y1), fill=(0, 0, 255), width=2)
+            draw.line((x0, y1, x1, y0), fill=(0, 0, 255), width=2)
     with atomic_path(path) as tmp:
         qc.save(tmp, format="PNG")
 

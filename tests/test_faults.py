@@ -125,3 +125,53 @@ def test_a_full_disk_fails_the_slide_in_one_line_and_keeps_earlier_outputs(slide
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "No space left on device" in err and "\n" not in err
     assert (out / "summary.csv").read_bytes() == summary and not list(out.glob(".*.tmp"))
+
+
+def corrupt_tile(path: Path, level: int, tx: int, ty: int) -> None:
+    """Overwrite one JPEG tile's bytes in place, as a failing disk or a scanner bug would."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.series[0].levels[level].keyframe
+        index = ty * -(-page.imagewidth // page.tilewidth) + tx
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write((bytes([0xFF, 0xD8]) + bytes(range(256)) * (count // 256 + 1))[:count])  # a JPEG start, then junk
+
+
+@pytest.fixture()
+def corrupt_slide(slides, tmp_path) -> Path:
+    path = tmp_path / "corrupt.svs"
+    path.write_bytes(slides[0].read_bytes())
+    corrupt_tile(path, 0, 2, 1)  # level 0, in the middle of the 4 x 3 tile grid
+    return path
+
+
+def test_a_corrupt_tile_fails_its_slide_with_level_and_position(corrupt_slide, slides, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", "-q", str(corrupt_slide), str(slides[1]), "-o", str(out), "--model", str(tiny_model_dir)]) == 1
+    rows = {Path(r["slide"]).stem: r for r in json.loads((out / "summary.json").read_text())["slides"]}
+    assert rows["corrupt"]["status"] == "error" and rows["slide_1"]["status"] == "ok"  # the batch went on
+    assert "tile (2, 1) of level 0 of corrupt.svs" in rows["corrupt"]["error"]
+    assert "\n" not in rows["corrupt"]["error"] and not (out / "corrupt.result.json").exists()
+
+
+def test_on_tile_error_skip_goes_on_counts_and_marks_the_tile(corrupt_slide, tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    assert main(["run", "-q", str(corrupt_slide), "-o", str(out), "--model", str(tiny_model_dir),
+                 "--on-tile-error", "skip"]) == 0
+    rec = json.loads((out / "corrupt.result.json").read_text())
+    assert rec["status"] == "ok" and rec["skipped_tiles"] == 1
+    assert rec["skipped_tile_boxes"] == [[512.0, 256.0, 768.0, 512.0]] and "tile (2, 1)" in rec["skipped_tile_error"]
+    with open(out / "summary.csv") as f:
+        assert "skipped_tiles" in f.readline() and ",1," in f.readline()
+    qc = np.asarray(Image.open(out / "corrupt.tissue.png").convert("RGB")).astype(int)
+    blue = (qc[..., 2] > 200) & (qc[..., 0] < 60) & (qc[..., 1] < 60)
+    scale = 1024 / qc.shape[1]
+    ys, xs = np.nonzero(blue)
+    assert blue.sum() > 50 and xs.min() * scale >= 500 and xs.max() * scale <= 780  # the cross sits on the tile
+    assert ys.min() * scale >= 240 and ys.max() * scale <= 520
+    assert rec["settings"]["on_tile_error"] == "skip"  # a run without skipping redoes the slide
