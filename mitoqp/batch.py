@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mitoqp import __version__
 from mitoqp.density import activity_index, density_features, tissue_fraction
+from mitoqp.executors import Job, RaySettings, run_local, run_ray
 from mitoqp.faults import checkpoint
 from mitoqp.folder_lock import FolderLock, remove_stale_temporaries
 from mitoqp.grade import mitotic_score
@@ -99,6 +100,8 @@ class RunConfig:
     from_project: bool = False  # the slides are the project's images (inputs ignored), results go back into it
     roi_class: str | None = None  # with from_project: analyse inside the entry's annotations of this class only
     on_tile_error: str = "fail"  # or "skip": an undecodable tile reads as glass, counted and marked in the QC image
+    executor: str = "local"  # or "ray": one Ray task per slide (mitoqp.executors)
+    ray: RaySettings | None = None
 
 
 def run_settings(model: Model, opts: Options) -> dict:
@@ -221,31 +224,14 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
         paths, rois = project.images_and_rois(cfg.roi_class)
     else:
         paths = expand_inputs(inputs)
-    records, names = [], set()
+    records: list[dict | None] = [None] * len(paths)
+    jobs: list[tuple[int, Job]] = []
+    names: set[str] = set()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    for path in tqdm(paths, desc="slides", unit="slide", disable=not progress, file=sys.stderr):
-        name = output_name(path)
-        if name in names:
-            records.append({"slide": str(path), "name": name, "status": "error",
-                            "error": f"another input already writes outputs named {name!r}"})
-            continue
-        names.add(name)
-        if cfg.roi_class is not None:
-            if rois.get(path) is None:
-                records.append({"slide": str(path), "name": name, "status": "error",
-                                "error": f"no annotation of class {cfg.roi_class!r} in its project entry"})
-                tqdm.write(f"error: {name}: no annotation of class {cfg.roi_class!r}", file=sys.stderr)
-                continue
-            slide_cfg = replace(cfg, options=replace(cfg.options, roi=rois[path]))
-        else:
-            slide_cfg = cfg
-        done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
-        if (done is not None and done.get("model_sha256") == model.sha256
-                and done.get("settings") == {**run_settings(model, slide_cfg.options), **hotspot_settings(cfg)}):
-            done["status"] = "skipped"
-            rec = done
-        else:
-            rec = process_slide(path, name, model, slide_cfg)
+    bar = tqdm(total=len(paths), desc="slides", unit="slide", disable=not progress, file=sys.stderr)
+
+    def finish(i: int, path: Path, name: str, rec: dict) -> None:
+        """A slide's record, as it comes: into the project, onto the console, into the batch's list."""
         if project is not None and rec["status"] in ("ok", "skipped"):
             try:
                 rec["project"] = project.write(path, cfg.out_dir, name, rec)
@@ -256,10 +242,49 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
         elif rec.get("skipped_tiles"):
             tqdm.write(f"warning: {name}: {rec['skipped_tiles']} unreadable tiles skipped as glass "
                        f"({rec['skipped_tile_error']})", file=sys.stderr)
-        records.append(rec)
-    write_summaries(cfg.out_dir, records, model, started)
-    write_report(cfg.out_dir, records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape, cfg.project)
-    return records
+        records[i] = rec
+        bar.update(1)
+
+    for i, path in enumerate(paths):
+        name = output_name(path)
+        if name in names:
+            finish(i, path, name, {"slide": str(path), "name": name, "status": "error",
+                                   "error": f"another input already writes outputs named {name!r}"})
+            continue
+        names.add(name)
+        if cfg.roi_class is not None:
+            if rois.get(path) is None:
+                finish(i, path, name, {"slide": str(path), "name": name, "status": "error",
+                                       "error": f"{name}: no annotation of class {cfg.roi_class!r} in its project entry"})
+                continue
+            slide_cfg = replace(cfg, options=replace(cfg.options, roi=rois[path]))
+        else:
+            slide_cfg = cfg
+        done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
+        if (done is not None and done.get("model_sha256") == model.sha256
+                and done.get("settings") == {**run_settings(model, slide_cfg.options), **hotspot_settings(cfg)}):
+            done["status"] = "skipped"
+            finish(i, path, name, done)  # finished before: never run twice
+        else:
+            jobs.append((i, Job(path, name, slide_cfg)))
+
+    index = {id(job): i for i, job in jobs}
+
+    def job_done(job: Job, rec: dict) -> None:
+        finish(index[id(job)], job.path, job.name, rec)
+
+    try:
+        if cfg.executor == "ray":
+            run_ray([job for _, job in jobs], model, cfg.ray or RaySettings(), job_done)
+            remove_stale_temporaries(cfg.out_dir)  # of workers that died and were retried
+        else:
+            run_local([job for _, job in jobs], model, job_done)
+    finally:
+        bar.close()
+    done_records = [r for r in records if r is not None]
+    write_summaries(cfg.out_dir, done_records, model, started)
+    write_report(cfg.out_dir, done_records, model.id, cfg.hotspot_mm2, cfg.hotspot_shape, cfg.project)
+    return done_records
 
 
 def write_summaries(out: Path, records: list[dict], model: Model, started: str) -> None:

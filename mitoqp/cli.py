@@ -38,11 +38,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: give SLIDES or --from-project P.qpproj (one of them; --roi-class goes with --from-project)",
               file=sys.stderr)
         return 2
+    ray = None
+    if args.executor == "ray":
+        from mitoqp.executors import RaySettings
+
+        gpu = any(k in model.backend.name for k in ("cuda", "tensorrt"))
+        gpus = args.ray_gpus_per_slide if args.ray_gpus_per_slide is not None else (1.0 if gpu else 0.0)
+        ray = RaySettings(args.address, args.ray_cpus_per_slide, gpus, args.ray_memory_gb,
+                          model_args={"directory": str(model.directory), "backend": args.backend,
+                                      "threads": args.threads or max(1, round(args.ray_cpus_per_slide)),
+                                      "tta": args.tta, "precision": args.precision})
+    elif args.address:
+        print("error: --address goes with --executor ray", file=sys.stderr)
+        return 2
     try:
         records = run_batch(args.slides, model, RunConfig(args.out, opts, args.overwrite, args.reader, args.geometry,
                                                           hotspot_mm2, args.hotspot_shape,
                                                           args.from_project or args.project, bool(args.from_project),
-                                                          args.roi_class, args.on_tile_error),
+                                                          args.roi_class, args.on_tile_error, args.executor, ray),
                             progress=not args.quiet)
     except ValueError as exc:  # the project cannot be opened, or another run holds -o: nothing was run
         print(f"error: {exc}", file=sys.stderr)
@@ -260,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--roi-class", default=None, metavar="CLASS",
                    help="with --from-project: analyse only inside each entry's annotations of this class (e.g. Tumor); "
                         "an entry without one is reported as an error")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="run slides here one after another, or as Ray tasks (pip install 'mitoqp[ray]')")
+    r.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="with --executor ray: the cluster to join (default: start a local Ray)")
+    r.add_argument("--ray-cpus-per-slide", type=float, default=1.0, help="Ray: CPUs reserved per slide task")
+    r.add_argument("--ray-gpus-per-slide", type=float, default=None,
+                   help="Ray: GPUs per slide task (default: 1 if the backend uses a GPU, else 0)")
+    r.add_argument("--ray-memory-gb", type=float, default=2.0, help="Ray: memory reserved per slide task (GB)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

@@ -1,8 +1,10 @@
 """Fault injection, for the tests and the soak benchmark that cause the faults a 24-hour batch meets.
 
 `MITOQP_KILL_AT=STAGE:N` kills this process with SIGKILL the N-th time it
-reaches STAGE; `MITOQP_FAIL_AT=STAGE:N:ERRNO` raises OSError(ERRNO) there
-instead (ENOSPC for a full disk). Stages: `read` (slide opened), `model`
+reaches STAGE (`STAGE:N:FLAGFILE`: only if FLAGFILE does not exist yet, which
+the kill creates, so a retried task is not killed again);
+`MITOQP_FAIL_AT=STAGE:N:ERRNO` raises OSError(ERRNO) there instead (ENOSPC
+for a full disk). Stages: `read` (slide opened), `model`
 (slide analysed), `write` (between two output files), `rename` (a temporary
 file written, not yet renamed), `summary` (the batch's summary files).
 Without the variables a checkpoint costs one dictionary lookup.
@@ -33,6 +35,11 @@ def checkpoint(stage: str) -> None:
     _reached[stage] += 1
     n = _reached[stage]
     if kill and (parts := _matches(kill, stage)) and int(parts[1]) == n:
+        if len(parts) > 2:
+            try:
+                os.close(os.open(parts[2], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return  # killed once already
         os.kill(os.getpid(), signal.SIGKILL)
     if fail and (parts := _matches(fail, stage)) and int(parts[1]) == n:
         code = getattr(errno, parts[2]) if len(parts) > 2 else errno.EIO
