@@ -40,6 +40,7 @@ SUMMARY_FIELDS = [
     "skipped_tiles", "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
 ]
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
+WINDOW_BAR_MIN = 20  # a slide of fewer windows takes seconds: no bar of its own
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -117,8 +118,18 @@ def hotspot_settings(cfg: "RunConfig") -> dict:
     return {"hotspot_mm2": cfg.hotspot_mm2, "hotspot_shape": cfg.hotspot_shape, **skip}
 
 
-def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
+def process_slide(path: Path, name: str, model: Model, cfg: RunConfig, progress: bool = False) -> dict:
+    """Analyse one slide and write its outputs; `progress` shows its windows with a time estimate."""
     out = cfg.out_dir
+    bars: list[tqdm] = []
+
+    def window_bar(total: int):
+        if not progress or total < WINDOW_BAR_MIN:
+            return None
+        bars.append(tqdm(total=total, desc=f"  {name}", unit="window", leave=False, file=sys.stderr,
+                         dynamic_ncols=True))
+        return bars[-1].update
+
     record = {"slide": str(path), "name": name, "model_id": model.id, "model_sha256": model.sha256,
               "settings": {**run_settings(model, cfg.options), **hotspot_settings(cfg)}}
     t0 = time.perf_counter()
@@ -127,7 +138,11 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig) -> dict:
         with open_slide(path, cfg.reader) as opened:
             slide = SkippingSlide(opened) if cfg.on_tile_error == "skip" else opened
             checkpoint("read")
-            res = analyse_slide(slide, model, cfg.options)
+            try:
+                res = analyse_slide(slide, model, cfg.options, window_bar)
+            finally:
+                for bar in bars:
+                    bar.close()
         checkpoint("model")
         skipped = slide.skipped_boxes() if isinstance(slide, SkippingSlide) else []
         if isinstance(slide, SkippingSlide):
@@ -278,7 +293,7 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
             run_ray([job for _, job in jobs], model, cfg.ray or RaySettings(), job_done)
             remove_stale_temporaries(cfg.out_dir)  # of workers that died and were retried
         else:
-            run_local([job for _, job in jobs], model, job_done)
+            run_local([job for _, job in jobs], model, job_done, progress)
     finally:
         bar.close()
     done_records = [r for r in records if r is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the summary could not be written (a full disk): earlier files are intact
         print(f"error: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the slide in progress left no file; finished ones are complete
+        print("\ninterrupted: finished slides are kept; the same command goes on from there", file=sys.stderr)
+        return 130
     if not records:
         print("error: no slides found in the inputs", file=sys.stderr)
         return 2
@@ -382,7 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input (that has its own message): one line unless asked
+        if os.environ.get("MITOQP_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()
+        print(f"error: internal error, please report it (MITOQP_DEBUG=1 shows the traceback): "
+              f"{type(exc).__name__}: {first[0] if first else ''}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

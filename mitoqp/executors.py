@@ -40,11 +40,11 @@ class RaySettings:
 Done = Callable[[Job, dict], None]
 
 
-def run_local(jobs: list[Job], model: Model, done: Done) -> None:
+def run_local(jobs: list[Job], model: Model, done: Done, progress: bool = False) -> None:
     from mitoqp.batch import process_slide
 
     for job in jobs:
-        done(job, process_slide(job.path, job.name, model, job.cfg))
+        done(job, process_slide(job.path, job.name, model, job.cfg, progress))
 
 
 def run_ray(jobs: list[Job], model: Model, settings: RaySettings, done: Done) -> None:

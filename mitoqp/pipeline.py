@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import shapely
@@ -28,6 +28,7 @@ from mitoqp.stream import Plan, Window, choose_level, plan_windows, stream_windo
 from mitoqp.tissue import TissueMask, detect_tissue
 
 HOTSPOT_MM2 = 2.0  # area of the usual ten high-power fields
+Tick = Callable[[], None] | None  # called once per window done
 OVERLAP_DEPTH = 4  # patch batches the front end may run ahead of the model (4 x 256 x 27 kB at 96 px)
 
 
@@ -153,11 +154,20 @@ def coarsest_tile(slide: Slide) -> np.ndarray:
     return slide.read_tile(len(slide.info.level_dimensions) - 1, 0, 0)
 
 
-def window_candidates(slide: Slide, prep: Prepared, params: CandidateParams, workers: int) -> Iterator[tuple[Window, Candidates]]:
+def counted(windows: Iterator[Window], tick: Tick) -> Iterator[Window]:
+    """The windows, calling `tick` after each has been used (for a progress bar with a time estimate)."""
+    for win in windows:
+        yield win
+        if tick is not None:
+            tick()
+
+
+def window_candidates(slide: Slide, prep: Prepared, params: CandidateParams, workers: int,
+                      tick: Tick = None) -> Iterator[tuple[Window, Candidates]]:
     """Each window with its candidates: those whose centre lies in the window's core and on tissue."""
     timings = prep.timings
     t_wait = time.perf_counter()
-    for win in stream_windows(slide, prep.plan, workers):
+    for win in counted(stream_windows(slide, prep.plan, workers), tick):
         timings["read"] += win.read_seconds
         timings["read_wait"] += time.perf_counter() - t_wait
         t = time.perf_counter()
@@ -181,11 +191,13 @@ def halo_for(patch: int, params: CandidateParams, work_mpp_guess: float = 0.25) 
 
 
 def patch_batches(slide: Slide, prep: Prepared, params: CandidateParams, patch: int, batch: int,
-                  workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                  workers: int, tick: Tick = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Level-0 centres, areas (um^2) and patches of the candidates, `batch` at a time, window after window."""
     timings = prep.timings
-    for win, cands in window_candidates(slide, prep, params, workers):
+    for win, cands in window_candidates(slide, prep, params, workers, tick):
         xy0 = win.to_level0(cands.xy)
+        if not len(cands):  # still one (empty) item per window, so a stop request is seen window by window
+            yield xy0, cands.area_um2, np.zeros((0, patch, patch, 3), np.uint8)
         for i in range(0, len(cands), batch):
             t = time.perf_counter()
             part = extract_patches(win.rgb, cands.xy[i:i + batch], patch)
@@ -195,9 +207,10 @@ def patch_batches(slide: Slide, prep: Prepared, params: CandidateParams, patch: 
             yield xy0[i:i + batch], cands.area_um2[i:i + batch], part
 
 
-def dense_tiles(slide: Slide, prep: Prepared, spec: DenseSpec, workers: int) -> Iterator[tuple[Window, np.ndarray, list]]:
+def dense_tiles(slide: Slide, prep: Prepared, spec: DenseSpec, workers: int,
+                tick: Tick = None) -> Iterator[tuple[Window, np.ndarray, list]]:
     """Each window with the model-input tiles that cover its core (a dense model's front end)."""
-    for win in stream_windows(slide, prep.plan, workers):
+    for win in counted(stream_windows(slide, prep.plan, workers), tick):
         prep.timings["read"] += win.read_seconds
         t = time.perf_counter()
         tiles, origins = cut_tiles(win.rgb, win.core, spec)
@@ -207,11 +220,11 @@ def dense_tiles(slide: Slide, prep: Prepared, spec: DenseSpec, workers: int) -> 
         yield win, tiles, origins
 
 
-def dense_batches(slide: Slide, prep: Prepared, model: Model, opts: Options,
-                  spec: DenseSpec) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def dense_batches(slide: Slide, prep: Prepared, model: Model, opts: Options, spec: DenseSpec,
+                  tick: Tick = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Level-0 peaks, their map values and NaN areas, window after window (model and peak finding here)."""
     timings = prep.timings
-    items = dense_tiles(slide, prep, spec, opts.workers)
+    items = dense_tiles(slide, prep, spec, opts.workers, tick)
     if opts.overlap:
         items = in_background(items, depth=2)
     for win, tiles, origins in items:
@@ -229,28 +242,33 @@ def dense_batches(slide: Slide, prep: Prepared, model: Model, opts: Options,
         yield xy0, np.full(len(xy0), np.nan), values
 
 
-def analyse_slide(slide: Slide, model: Model, opts: Options = Options()) -> SlideResult:
+def analyse_slide(slide: Slide, model: Model, opts: Options = Options(),
+                  on_plan: Callable[[int], Tick] | None = None) -> SlideResult:
+    """Detect a slide's figures; `on_plan(windows)` is told the plan's size and may return a per-window tick."""
     params = model.candidates
     spec = DenseSpec.from_config(model.config) if model.kind == "dense" else None
     halo = (spec.context + int(np.ceil(spec.min_distance_um / model.mpp)) + 8 if spec
             else halo_for(model.patch, params, model.mpp))
     prep = prepare(slide, model.mpp, halo, opts, model.stain_reference)
+    tick = on_plan(len(prep.plan.windows)) if on_plan is not None else None
     timings = prep.timings
     threshold = model.threshold if opts.threshold is None else float(opts.threshold)
     columns = [0] + ([model.config["outputs"].index("atypical")] if model.has_subtype else [])
     outputs = len(columns)
     xy_parts, score_parts, area_parts = [], [], []
     if spec is not None:
-        for xy, area, values in dense_batches(slide, prep, model, opts, spec):
+        for xy, area, values in dense_batches(slide, prep, model, opts, spec, tick):
             xy_parts.append(xy)
             area_parts.append(area)
             score_parts.append(values[:, columns])
     else:
-        batches = patch_batches(slide, prep, params, model.patch, opts.batch_size, opts.workers)
+        batches = patch_batches(slide, prep, params, model.patch, opts.batch_size, opts.workers, tick)
         if opts.overlap:  # the front end of the next batches runs while the model scores this one
             batches = in_background(batches, depth=OVERLAP_DEPTH)
         t_wait = time.perf_counter()
         for xy, area, patches in batches:
+            if not len(patches):
+                continue
             t = time.perf_counter()
             if opts.overlap:
                 timings["model_wait"] += t - t_wait  # the model idle: the front end is the slower stage

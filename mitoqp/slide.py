@@ -167,6 +167,8 @@ class TiffSlide(Slide):
         (w, h), (tw, th) = self.info.level_dimensions[level], self.info.tile_sizes[level]
         ntx = -(-w // tw)
         index = ty * ntx + tx if self._tiled[level] else ty
+        if page.databytecounts[index] == 0:  # a sparse tile: scanners leave glass out of the file
+            return np.full((min(th, h - ty * th), min(tw, w - tx * tw), 3), 255, np.uint8)
         try:
             data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
             tile = page.decode(data, index, jpegtables=page.jpegtables)[0]

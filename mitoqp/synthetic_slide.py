@@ -67,3 +67,28 @@ def mosaic_source(patches: list[np.ndarray], seed: int = 0) -> TileFn:
         return out
 
     return fn
+
+
+def write_header_only_svs(path: Path, side: int, tissue_box: tuple[float, float, float, float],
+                          mpp: float = 0.25, tile: int = 256, overview_step: int = 32) -> Path:
+    """A slide whose level 0 claims side x side px but holds no tile data (every byte count 0), plus an
+    overview level (`overview_step` x smaller) with stained tissue in `tissue_box` (fractions x0, y0, x1, y1).
+
+    A few MB on disk for a 200,000 x 200,000 px header: the test of a slide far larger than memory.
+    Readers take zero-byte tiles as glass, so the run walks every tissue tile of level 0.
+    """
+    n = -(-side // tile)
+    desc = (f"Aperio Image Library mitoqp header-only\r\n{side}x{side} ({tile}x{tile}) JPEG/RGB Q=85"
+            f"|AppMag = {round(10 / mpp)}|MPP = {mpp}")
+    small = side // overview_step
+    rng = np.random.default_rng(0)
+    overview = np.full((small, small, 3), 238, np.uint8)
+    x0, y0, x1, y1 = (int(f * small) for f in tissue_box)
+    stain = np.array([170, 95, 175], np.int16) + rng.integers(-25, 25, (y1 - y0, x1 - x0, 3), dtype=np.int16)
+    overview[y0:y1, x0:x1] = np.clip(stain, 0, 255).astype(np.uint8)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write((b"" for _ in range(n * n)), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
+                  compression="jpeg", photometric="rgb", description=desc, metadata=None)
+        tif.write(overview[::8, ::8].copy(), compression="jpeg", photometric="rgb", metadata=None)  # thumbnail page
+        tif.write(overview, tile=(tile, tile), compression="jpeg", photometric="rgb", metadata=None)
+    return Path(path)

@@ -18,6 +18,8 @@ from mitoqp.slide import Slide
 from mitoqp.stain import OD_TABLE
 
 THUMB_MPP = 8.0  # micrometres per thumbnail pixel
+THUMB_MAX_PIXELS = 64e6  # a whole 76 x 26 mm glass slide at 8 um is 31 MP; larger headers get a coarser thumbnail
+ROWS_PER_PASS = 256
 
 
 @dataclass
@@ -74,11 +76,13 @@ def thumbnail(slide: Slide, mpp: float, target_mpp: float = THUMB_MPP) -> tuple[
 def tissue_from_thumb(thumb: np.ndarray, px_um: float, min_object_um2: float = 5000.0, max_hole_um2: float = 20000.0,
                       min_saturation: float = 0.07, min_od: float = 0.1) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail whose pixels are `px_um` micrometres wide."""
-    rgb = thumb.astype(np.float32)
-    hi, lo = rgb.max(axis=2), rgb.min(axis=2)
-    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0)
-    od = OD_TABLE[thumb].sum(axis=2)
-    mask = ((saturation > min_saturation) | (od > min_od)) & (hi > 30) & (lo < 235)
+    mask = np.empty(thumb.shape[:2], bool)
+    for r in range(0, len(thumb), ROWS_PER_PASS):  # a few MB at a time: a huge slide's thumbnail is large
+        part = thumb[r:r + ROWS_PER_PASS]
+        hi, lo = part.max(axis=2).astype(np.float32), part.min(axis=2).astype(np.float32)
+        saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0)
+        od = OD_TABLE[part[..., 0]] + OD_TABLE[part[..., 1]] + OD_TABLE[part[..., 2]]
+        mask[r:r + ROWS_PER_PASS] = ((saturation > min_saturation) | (od > min_od)) & (hi > 30) & (lo < 235)
     mask = ndimage.binary_opening(mask, iterations=1) if min(mask.shape) > 8 else mask
     px_area = px_um * px_um
     labels, n = ndimage.label(mask)
@@ -102,7 +106,9 @@ def detect_tissue(slide: Slide, mpp: float) -> TissueMask:
     """Tissue of a slide or field; small images (fields) get a finer thumbnail and smaller minimum sizes."""
     w, h = slide.info.dimensions
     extent_um = max(w, h) * mpp
-    thumb, scale = thumbnail(slide, mpp, min(THUMB_MPP, max(extent_um / 512, mpp)))
+    target = min(THUMB_MPP, max(extent_um / 512, mpp))
+    target = max(target, mpp * (w * h / THUMB_MAX_PIXELS) ** 0.5)  # bounded memory whatever the header claims
+    thumb, scale = thumbnail(slide, mpp, target)
     area_um2 = w * h * mpp * mpp
     mask = tissue_from_thumb(thumb, scale * mpp, min_object_um2=min(5000.0, 0.02 * area_um2),
                              max_hole_um2=min(20000.0, 0.05 * area_um2))

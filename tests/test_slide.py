@@ -113,3 +113,14 @@ def test_mirax_goes_to_openslide(tmp_path):
     with pytest.raises(SlideError, match="OpenSlide|openslide") as err:
         open_slide(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_sparse_tile_reads_as_glass(tmp_path):
+    """Scanners leave background tiles out of the file (byte count 0): they are glass, not an error."""
+    from mitoqp.synthetic_slide import write_header_only_svs
+
+    path = write_header_only_svs(tmp_path / "sparse.svs", 4096, (0.25, 0.25, 0.75, 0.75), overview_step=8)
+    with open_slide(path) as slide:
+        assert slide.info.dimensions == (4096, 4096)
+        tile = slide.read_tile(0, 3, 5)
+        assert tile.shape == (256, 256, 3) and (tile == 255).all()

@@ -1,0 +1,50 @@
+"""A slide whose header claims 200,000 x 200,000 px: memory stays flat, progress shows a time estimate,
+Ctrl-C stops the run cleanly."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mitoqp.synthetic_slide import write_header_only_svs
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key}")
+
+
+def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
+    slide = write_header_only_svs(tmp_path / "huge.svs", 200_000, (0.1, 0.1, 0.6, 0.6))
+    assert slide.stat().st_size < 20e6  # 625 mm2 of tissue claimed, no level-0 data stored
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mitoqp.cli", "run", str(slide), "-o", str(out),
+                                 "--model", str(tiny_model_dir)], stderr=err, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 120
+            while "window/s" not in log.read_text() and time.time() < deadline:  # streaming has begun
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.5)
+            samples = []
+            for _ in range(12):  # a dozen seconds of streaming: hundreds of windows
+                time.sleep(1)
+                samples.append(rss_mb(proc.pid))
+            peak = rss_mb(proc.pid, "VmHWM")
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert max(samples) - min(samples) < 100, samples  # flat while walking the slide
+    assert peak < 1500, peak
+    bars = re.findall(r"huge:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[[\d:]+<([\d:]+)", text)
+    assert bars and int(bars[-1][1]) > 1000 and int(bars[-1][0]) > 50  # windows done of total, with an ETA
+    assert code == 130 and text.strip().splitlines()[-1].startswith("interrupted:"), text[-500:]
+    assert "Traceback" not in text
+    assert sorted(p.name for p in out.iterdir()) == []  # no half-written file, no result, the lock released
