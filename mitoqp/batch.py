@@ -40,6 +40,7 @@ SUMMARY_FIELDS = [
     "skipped_tiles", "candidates", "candidates_per_mm2", "windows", "mpp", "threshold", "model_id", "model_sha256", "seconds",
 ]
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
+MAX_NAME_BYTES = 255 - len(".density.geojson") - len("..4194304.tmp")  # file systems allow 255 bytes a name
 WINDOW_BAR_MIN = 20  # a slide of fewer windows takes seconds: no bar of its own
 
 
@@ -53,7 +54,11 @@ def expand_inputs(items: list[str]) -> list[Path]:
             out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             base = p.parent
-            for line in p.read_text().splitlines():
+            try:
+                lines = p.read_text(encoding="utf-8").splitlines()
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read the list of slides {p.name}: {str(exc).splitlines()[0]}") from None
+            for line in lines:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     q = Path(line)
@@ -74,7 +79,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
 def output_name(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return path.stem
 
@@ -265,6 +270,11 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
         if name in names:
             finish(i, path, name, {"slide": str(path), "name": name, "status": "error",
                                    "error": f"another input already writes outputs named {name!r}"})
+            continue
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            finish(i, path, name, {"slide": str(path), "name": name[:40] + "...", "status": "error",
+                                   "error": f"{path.name[:40]}...: the name is too long for its output files "
+                                            f"(at most {MAX_NAME_BYTES} bytes before the extension); rename it"})
             continue
         names.add(name)
         if cfg.roi_class is not None:

@@ -74,16 +74,33 @@ def activity_index(tissue: TissueMask, xy: np.ndarray, field_mm2: float, min_tis
 
 
 def tissue_fraction(tissue: TissueMask, centre: tuple[float, float], size_px: float, shape: str) -> float:
-    """The share of a hotspot window (level-0 centre and radius or side) that is tissue, on the mask's pixels."""
+    """The share of a hotspot window (level-0 centre and radius or side) that is tissue, on the mask's pixels.
+
+    Only the part of the window over the mask is rasterised; the window's own pixel count is summed row by
+    row, so a 2 mm2 window over a small field (a fine mask) costs what the field costs.
+    """
     h, w = tissue.mask.shape
     cx, cy = centre[0] / tissue.scale, centre[1] / tissue.scale
     s = size_px / tissue.scale
     half = s if shape == "circle" else s / 2
     x0, x1 = int(np.floor(cx - half)), int(np.ceil(cx + half))
     y0, y1 = int(np.floor(cy - half)), int(np.ceil(cy + half))
-    yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
+
+    def row_extent(yc: np.ndarray) -> np.ndarray:  # half-width of the window on rows through yc (NaN: none)
+        if shape == "circle":
+            d2 = s * s - (yc - cy) ** 2
+            return np.where(d2 >= 0, np.sqrt(np.maximum(d2, 0)), np.nan)
+        return np.where(np.abs(yc - cy) <= half, half, np.nan)
+
+    rows = np.arange(y0, y1) + 0.5
+    reach = row_extent(rows)
+    ok = ~np.isnan(reach)
+    lo = np.maximum(np.ceil(cx - reach[ok] - 0.5), x0)
+    hi = np.minimum(np.floor(cx + reach[ok] - 0.5), x1 - 1)
+    total = float(np.maximum(hi - lo + 1, 0).sum())
+    ys0, ys1, xs0, xs1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if total == 0 or ys0 >= ys1 or xs0 >= xs1:
+        return 0.0
+    yy, xx = np.mgrid[ys0:ys1, xs0:xs1] + 0.5
     inside = (np.hypot(xx - cx, yy - cy) <= s) if shape == "circle" else ((np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half))
-    on = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-    tis = np.zeros_like(inside)
-    tis[on] = tissue.mask[yy[on].astype(int), xx[on].astype(int)]
-    return float((inside & tis).sum() / max(inside.sum(), 1))
+    return float((inside & tissue.mask[ys0:ys1, xs0:xs1]).sum() / total)

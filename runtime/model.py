@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mitoqp.candidates import CandidateParams
 from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, SubtypeJoin, make_backend
 
@@ -120,12 +122,10 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     if not cfg_path.exists():
         raise ValueError(f"{directory} is not a mitoqp model folder (needs model.json and model.onnx)")
     try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"bad model config {cfg_path}: {exc}") from None
-    for key in ("input_size", "mpp", "threshold", "onnx_sha256"):
-        if key not in config:
-            raise ValueError(f"model config {cfg_path} lacks {key!r}")
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"bad model config {cfg_path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    check_config(config, cfg_path)
     patch = int(config["input_size"])
 
     def file_backend(onnx_file: str, sha256: str) -> Backend:
@@ -134,7 +134,10 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
             raise ValueError(f"{directory} is not a complete mitoqp model folder: {onnx_file} is missing")
         if verify and sha256_file(onnx_path) != sha256:
             raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
-        check_variant(directory, config, onnx_file, precision, verify)
+        try:
+            check_variant(directory, config, onnx_file, precision, verify)
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"model config {cfg_path}: its {precision!r} precision entry is malformed") from None
         return make_backend(backend, onnx_path, threads, precision, patch)
 
     # an ensemble lists its members, each with its own hash; a plain model is model.onnx
@@ -148,4 +151,99 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     if sub:  # a second model in the folder gives the atypical probability
         floor = float(config.get("subtype_floor", SUBTYPE_FLOOR)) if subtype_floor is None else subtype_floor
         runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)), floor)
-    return Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)
+    model = Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)
+    check_io(model, cfg_path)
+    return model
+
+
+def check_config(config, cfg_path: Path) -> None:
+    """Every value the runtime reads from model.json, checked for type and range: a one-line error naming the
+    key, rather than a crash on the first slide (the folder may come from anywhere)."""
+    def fail(why: str):
+        raise ValueError(f"model config {cfg_path}: {why}")
+
+    def number(key, lo: float, hi: float, where: dict | None = None, required: bool = False) -> None:
+        where = config if where is None else where
+        if key not in where:
+            if required:
+                fail(f"lacks {key!r}")
+            return
+        v = where[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:  # NaN fails too
+            fail(f"{key!r} is {v!r}, not a number from {lo:g} to {hi:g}")
+
+    def plain_file(entry, what: str) -> None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            fail(f"{what} needs a file and its sha256")
+        name = entry.get("file")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+            fail(f"{what} names {name!r}, not a file inside the model folder")
+
+    if not isinstance(config, dict):
+        fail("not a JSON object")
+    number("input_size", 8, 4096, required=True)
+    if not isinstance(config["input_size"], int):
+        fail(f"'input_size' is {config['input_size']!r}, not a whole number of pixels")
+    number("mpp", 0.01, 20, required=True)
+    number("threshold", 0, 1, required=True)
+    if not isinstance(config.get("onnx_sha256"), str):
+        fail("lacks 'onnx_sha256' (the model file's sha256, a string)")
+    if config.get("kind", "patch") not in ("patch", "dense"):
+        fail(f"'kind' is {config.get('kind')!r}, not 'patch' or 'dense'")
+    outputs = config.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        fail("'outputs' is not a list of names")
+    number("nms_um", 0, 1000)
+    number("atypical_threshold", 0, 1)
+    number("subtype_floor", 0, 1)
+    cands = config.get("candidates", {})
+    fields = set(CandidateParams.__dataclass_fields__)
+    if not isinstance(cands, dict) or not set(cands) <= fields:
+        fail(f"'candidates' must be an object with keys among {sorted(fields)}")
+    for key in cands:
+        number(key, 0, 1e6, cands)
+    if "members" in config:
+        if not isinstance(config["members"], list) or not config["members"]:
+            fail("'members' is not a list of model files")
+        for i, m in enumerate(config["members"]):
+            plain_file(m, f"member {i}")
+    if config.get("subtype_model"):
+        plain_file(config["subtype_model"], "'subtype_model'")
+        out = config["subtype_model"].get("output", 1)
+        if isinstance(out, bool) or not isinstance(out, int) or out < 0:
+            fail(f"'subtype_model' output is {out!r}, not a column number")
+    for key in ("precisions", "dense", "stain_reference"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            fail(f"{key!r} is not an object")
+    ref = config.get("stain_reference")
+    if ref is not None:
+        try:
+            ok = np.asarray(ref["he"], float).shape == (2, 3) and np.asarray(ref["max_conc"], float).shape == (2,)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            fail("'stain_reference' needs 'he' (2 x 3) and 'max_conc' (2)")
+
+
+def check_io(model: Model, cfg_path: Path) -> None:
+    """One glass patch through the model: its input and output shapes must be what model.json says."""
+    from mitoqp.dense import DenseSpec
+
+    size = model.patch
+    try:
+        spec = DenseSpec.from_config(model.config) if model.kind == "dense" else None
+        out = model.backend.predict(np.full((1, size, size, 3), 255, np.uint8))
+    except ValueError as exc:
+        raise ValueError(f"model config {cfg_path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # the runtime's own error for a graph that does not take this input
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"model {cfg_path.parent} does not take a {size} x {size} patch as its model.json says "
+                         f"({type(exc).__name__}: {first[0][:200] if first else ''})") from None
+    need = 1 + max([0] + [i for i, o in enumerate(model.config.get("outputs", []))])
+    if spec is None:
+        ok = out.ndim == 2 and out.shape[0] == 1 and out.shape[1] >= need
+    else:
+        ok = out.ndim == 4 and out.shape[0] == 1 and out.shape[1] >= need and out.shape[2:] == (size // spec.stride,) * 2
+    if not ok or not np.isfinite(out[:, 0]).all():  # a joined subtype column is NaN where not asked
+        raise ValueError(f"model {cfg_path.parent} gives output {tuple(out.shape)} for one patch, not what model.json "
+                         f"describes ({len(model.config.get('outputs', [])) or 1} outputs, kind {model.kind})")

@@ -32,7 +32,7 @@ def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
                 assert proc.poll() is None, log.read_text()[-2000:]
                 time.sleep(0.5)
             samples = []
-            for _ in range(12):  # a dozen seconds of streaming: hundreds of windows
+            for _ in range(15):  # seconds of streaming: hundreds of windows
                 time.sleep(1)
                 samples.append(rss_mb(proc.pid))
             peak = rss_mb(proc.pid, "VmHWM")
@@ -41,7 +41,8 @@ def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
         finally:
             proc.kill()
     text = log.read_text()
-    assert max(samples) - min(samples) < 100, samples  # flat while walking the slide
+    steady = samples[4:]  # after the first windows (thread pools, the first batches, kernel caches)
+    assert max(steady) - min(steady) < 100, samples  # flat while walking the slide
     assert peak < 1500, peak
     bars = re.findall(r"huge:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[[\d:]+<([\d:]+)", text)
     assert bars and int(bars[-1][1]) > 1000 and int(bars[-1][0]) > 50  # windows done of total, with an ETA

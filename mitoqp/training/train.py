@@ -25,6 +25,7 @@ import torch
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.roi import read_roi
+from mitoqp.training.recipe import check_recipe
 from mitoqp.metrics import Match, froc, match_detections, roc_auc
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
@@ -58,8 +59,8 @@ DENSE_TRAINERS = {"uts": _uts, "rdlm": _rdlm, "minugan": _minugan}
 
 def load_config(path: Path) -> dict:
     try:
-        return tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"cannot read config {path}: {exc}") from None
 
 
@@ -338,6 +339,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         node = cfg
         for part in path:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part} is a setting, not a section")
         node[last] = parsed
     return cfg
 
@@ -345,6 +348,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | None = None) -> dict:
     """The CLI entry: read the config's data, train, keep a copy of the config and a log."""
     cfg = apply_overrides(load_config(config_path), overrides or [])
+    check_recipe(cfg, config_path)
     data = cfg.get("data", {})
     if "amibr" not in data:
         raise ValueError(f"config {config_path} has no [data] amibr = \"path to AMi-Br\"")

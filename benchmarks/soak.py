@@ -1,0 +1,178 @@
+"""Soak: a batch of generated slides run again and again under random faults until it is done.
+
+    python benchmarks/soak.py [--slides 200] [--megapixels 1] [--faults 12] [--executor local|ray] [--seed 0]
+
+Every attempt is a whole `mitoqp run` over the batch (the same command a
+cron job or an operator would repeat), with one fault injected at random:
+the process killed with SIGKILL at a random stage and slide (reading, model,
+between output files, before a rename, while writing the summary), or a
+full disk (ENOSPC) or an I/O error at a random write. A few slides are bad
+on purpose (truncated, not an image, a corrupt tile). After the fault
+attempts, clean attempts run until one finishes. Then every output is
+checked: each good slide has all its files, each parses, no temporary file
+is left, no slide finished in an earlier attempt was redone, and the bad
+slides are reported with one-line errors. Reports done, failed, retried,
+lost (must be 0), redone (must be 0), peak memory and throughput over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from common import machine, real_patches
+from mitoqp.synthetic_slide import mosaic_source, write_svs_like
+
+OUTPUTS = (".geojson", ".tissue.png", ".density.geojson", ".tissue.geojson", ".hotspot.geojson", ".overview.png",
+           ".result.json")
+STAGES = ("read", "model", "write", "rename", "summary")
+
+
+def make_batch(folder: Path, n: int, megapixels: float, rng: random.Random) -> tuple[list[Path], set[str]]:
+    """n slides of real tissue; about 3% of them broken on purpose (their names are returned)."""
+    patches = real_patches()
+    side = max(512, int((megapixels * 1e6) ** 0.5) // 256 * 256)
+    paths, bad = [], set()
+    for i in range(n):
+        path = folder / f"s{i:04d}.svs"
+        write_svs_like(path, mosaic_source(patches, seed=i), side, side, 0.25, 256, levels=2, quality=85)
+        paths.append(path)
+    for i in rng.sample(range(n), max(1, n // 33)):
+        path, kind = paths[i], rng.choice(["truncated", "not an image", "corrupt tile"])
+        data = bytearray(path.read_bytes())
+        if kind == "truncated":
+            path.write_bytes(bytes(data[: len(data) // 3]))
+        elif kind == "not an image":
+            path.write_bytes(b"%PDF-1.4 this is not a slide\n" * 20)
+        else:  # scribble over the middle of the file: tile data in the middle of level 0
+            mid = len(data) // 2
+            data[mid:mid + 4000] = bytes(rng.randrange(256) for _ in range(4000))
+            path.write_bytes(bytes(data))
+        bad.add(path.stem)
+    return paths, bad
+
+
+def fault_env(rng: random.Random, remaining: int) -> tuple[dict, str]:
+    stage = rng.choice(STAGES)
+    n = 1 if stage == "summary" else rng.randint(1, max(1, min(remaining, 40)))
+    if rng.random() < 0.7:
+        return {"MITOQP_KILL_AT": f"{stage}:{n}"}, f"kill -9 at {stage} #{n}"
+    err = rng.choice(["ENOSPC", "EIO"])
+    stage = rng.choice(["write", "rename", "summary"])
+    return {"MITOQP_FAIL_AT": f"{stage}:{n}:{err}"}, f"{err} at {stage} #{n}"
+
+
+def finished(out: Path) -> dict[str, tuple[int, int]]:
+    """Slides with a complete record, with the identity of that record file (inode, mtime)."""
+    done = {}
+    for p in out.glob("*.result.json"):
+        st = p.stat()
+        done[p.name[: -len(".result.json")]] = (st.st_ino, st.st_mtime_ns)
+    return done
+
+
+def check_outputs(out: Path, name: str) -> str | None:
+    """Why a finished slide's outputs are not whole, or None."""
+    for suffix in OUTPUTS:
+        p = out / f"{name}{suffix}"
+        if not p.exists():
+            return f"{p.name} missing"
+        try:
+            if suffix.endswith(".png"):
+                Image.open(p).verify()
+            else:
+                json.loads(p.read_text())
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a half-written file
+            return f"{p.name} unreadable: {exc}"
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slides", type=int, default=200)
+    ap.add_argument("--megapixels", type=float, default=1.0)
+    ap.add_argument("--faults", type=int, default=12, help="attempts with an injected fault")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="mitoqp-soak-"))
+    t = time.perf_counter()
+    (tmp / "slides").mkdir()
+    paths, bad = make_batch(tmp / "slides", args.slides, args.megapixels, rng)
+    print(f"machine: {machine()}")
+    print(f"{len(paths)} slides of {args.megapixels:g} MP generated in {time.perf_counter() - t:.0f} s, "
+          f"{len(bad)} broken on purpose")
+    out = tmp / "out"
+    cmd = [sys.executable, "-m", "mitoqp.cli", "run", "-q", str(tmp / "slides"), "-o", str(out),
+           "--executor", args.executor] + (["--model", args.model] if args.model else [])
+    attempts, first_done, redone = [], {}, set()
+    start = time.time()
+    clean_runs = 0
+    while True:
+        faulty = len(attempts) < args.faults
+        env, what = fault_env(rng, len(paths) - len(first_done)) if faulty else ({}, "no fault")
+        before = finished(out) if out.exists() else {}
+        t = time.perf_counter()
+        r = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        after = finished(out) if out.exists() else {}
+        for name, ident in after.items():
+            first_done.setdefault(name, time.time() - start)
+            if name in before and before[name] != ident:
+                redone.add(name)  # a finished slide was analysed again
+        # slides cut short by this attempt's fault, to be redone by the next: the one in progress when the
+        # process was killed, or a good slide whose write failed (its one-line error names the fault)
+        cut = (1 if "kill" in what and "summary" not in what and r.returncode == -9 else 0) + sum(
+            1 for line in r.stderr.splitlines() if line.startswith("error:") and ("No space" in line or "I/O" in line
+                                                                                  or "Input/output" in line))
+        attempts.append((what, r.returncode, len(after) - len(before), time.perf_counter() - t, cut))
+        print(f"attempt {len(attempts):2d}: {what:26s} exit {r.returncode:3d}, {len(after) - len(before):3d} slides "
+              f"finished, {attempts[-1][3]:.0f} s", flush=True)
+        if not faulty:
+            clean_runs += 1
+            if r.returncode in (0, 1) or clean_runs >= 3:
+                break
+    wall = time.time() - start
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {Path(row["slide"]).stem: row for row in summary["slides"]}
+    done = {n for n, row in rows.items() if row["status"] in ("ok", "skipped")}
+    failed = {n for n, row in rows.items() if row["status"] == "error"}
+    broken = {n: why for n in done if (why := check_outputs(out, n))}
+    lost = {p.stem for p in paths} - done - failed
+    wrongly_failed = failed - bad
+    retried = sum(a[4] for a in attempts)
+    temporaries = [p.name for p in out.rglob("*.tmp")]
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nslides: {len(paths)}, done {len(done)}, failed {len(failed)} (broken on purpose {len(bad)}; "
+          f"failed though good: {len(wrongly_failed)}), lost {len(lost) + len(broken)}, redone {len(redone)}, "
+          f"half-written or temporary files {len(broken) + len(temporaries)}")
+    print(f"attempts: {len(attempts)} ({args.faults} with a fault); slides cut short by a fault and retried by "
+          f"the next attempt: {retried}")
+    print(f"peak memory of one run: {peak_mb:.0f} MB; wall {wall:.0f} s, {60 * len(done) / wall:.1f} slides/min overall")
+    for n in sorted(failed):
+        print(f"  failed {n}: {rows[n]['error']}")
+    for n, why in broken.items():
+        print(f"  BROKEN {n}: {why}")
+    print("throughput over time (slides finished per minute):")
+    times = sorted(first_done.values())
+    for m in range(int(wall // 60) + 1):
+        k = sum(1 for x in times if m * 60 <= x < (m + 1) * 60)
+        print(f"  minute {m + 1}: {k}")
+    if lost or broken or redone or temporaries or wrongly_failed:
+        sys.exit("soak FAILED: " + json.dumps({"lost": sorted(lost), "broken": broken, "redone": sorted(redone),
+                                               "temporaries": temporaries, "failed though good": sorted(wrongly_failed)}))
+
+
+if __name__ == "__main__":
+    main()
