@@ -1,14 +1,15 @@
 """Soak: a batch of generated slides run again and again under random faults until it is done.
 
-    python benchmarks/soak.py [--slides 200] [--megapixels 1] [--faults 12] [--executor local|ray] [--seed 0]
+    python benchmarks/soak.py [--slides 200] [--megapixels 1] [--p-kill 0.003] [--p-fail 0.003] [--executor local|ray]
 
 Every attempt is a whole `mitoqp run` over the batch (the same command a
-cron job or an operator would repeat), with one fault injected at random:
-the process killed with SIGKILL at a random stage and slide (reading, model,
-between output files, before a rename, while writing the summary), or a
-full disk (ENOSPC) or an I/O error at a random write. A few slides are bad
-on purpose (truncated, not an image, a corrupt tile). After the fault
-attempts, clean attempts run until one finishes. Then every output is
+cron job or an operator would repeat) with faults injected at random
+(`MITOQP_CHAOS`, mitoqp/faults.py): at every checkpoint (slide read, model
+done, between output files, before each rename, the summary) the process is
+killed with SIGKILL with probability P_KILL, or a full disk (ENOSPC) or an
+I/O error (EIO) is raised with probability P_FAIL. A few slides are bad on
+purpose (truncated, not an image, a corrupt tile). Attempts with faults go
+on until every good slide is done; then a clean attempt. Then every output is
 checked: each good slide has all its files, each parses, no temporary file
 is left, no slide finished in an earlier attempt was redone, and the bad
 slides are reported with one-line errors. Reports done, failed, retried,
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,20 +37,19 @@ from mitoqp.synthetic_slide import mosaic_source, write_svs_like
 
 OUTPUTS = (".geojson", ".tissue.png", ".density.geojson", ".tissue.geojson", ".hotspot.geojson", ".overview.png",
            ".result.json")
-STAGES = ("read", "model", "write", "rename", "summary")
 
 
-def make_batch(folder: Path, n: int, megapixels: float, rng: random.Random) -> tuple[list[Path], set[str]]:
-    """n slides of real tissue; about 3% of them broken on purpose (their names are returned)."""
+def make_batch(folder: Path, n: int, megapixels: float, rng: random.Random) -> tuple[list[Path], dict[str, str]]:
+    """n slides of real tissue; about 3% of them broken on purpose (their names and how are returned)."""
     patches = real_patches()
     side = max(512, int((megapixels * 1e6) ** 0.5) // 256 * 256)
-    paths, bad = [], set()
+    paths, bad = [], {}
     for i in range(n):
         path = folder / f"s{i:04d}.svs"
         write_svs_like(path, mosaic_source(patches, seed=i), side, side, 0.25, 256, levels=2, quality=85)
         paths.append(path)
-    for i in rng.sample(range(n), max(1, n // 33)):
-        path, kind = paths[i], rng.choice(["truncated", "not an image", "corrupt tile"])
+    for k, i in enumerate(rng.sample(range(n), max(1, n // 33))):
+        path, kind = paths[i], ("truncated", "not an image", "corrupt tile")[k % 3]
         data = bytearray(path.read_bytes())
         if kind == "truncated":
             path.write_bytes(bytes(data[: len(data) // 3]))
@@ -58,18 +59,8 @@ def make_batch(folder: Path, n: int, megapixels: float, rng: random.Random) -> t
             mid = len(data) // 2
             data[mid:mid + 4000] = bytes(rng.randrange(256) for _ in range(4000))
             path.write_bytes(bytes(data))
-        bad.add(path.stem)
+        bad[path.stem] = kind
     return paths, bad
-
-
-def fault_env(rng: random.Random, remaining: int) -> tuple[dict, str]:
-    stage = rng.choice(STAGES)
-    n = 1 if stage == "summary" else rng.randint(1, max(1, min(remaining, 40)))
-    if rng.random() < 0.7:
-        return {"MITOQP_KILL_AT": f"{stage}:{n}"}, f"kill -9 at {stage} #{n}"
-    err = rng.choice(["ENOSPC", "EIO"])
-    stage = rng.choice(["write", "rename", "summary"])
-    return {"MITOQP_FAIL_AT": f"{stage}:{n}:{err}"}, f"{err} at {stage} #{n}"
 
 
 def finished(out: Path) -> dict[str, tuple[int, int]]:
@@ -101,10 +92,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slides", type=int, default=200)
     ap.add_argument("--megapixels", type=float, default=1.0)
-    ap.add_argument("--faults", type=int, default=12, help="attempts with an injected fault")
+    ap.add_argument("--p-kill", type=float, default=0.003, help="chance of SIGKILL at each checkpoint")
+    ap.add_argument("--p-fail", type=float, default=0.003, help="chance of ENOSPC or EIO at each checkpoint")
+    ap.add_argument("--max-attempts", type=int, default=80, help="attempts with faults, at most")
     ap.add_argument("--executor", choices=["local", "ray"], default="local")
     ap.add_argument("--model", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the generated slides and outputs (printed folder)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="mitoqp-soak-"))
@@ -119,10 +113,12 @@ def main() -> None:
            "--executor", args.executor] + (["--model", args.model] if args.model else [])
     attempts, first_done, redone = [], {}, set()
     start = time.time()
-    clean_runs = 0
+    good = {p.stem for p in paths} - set(bad)
     while True:
-        faulty = len(attempts) < args.faults
-        env, what = fault_env(rng, len(paths) - len(first_done)) if faulty else ({}, "no fault")
+        # faults until every good slide is done, then clean attempts (at most 3) until one ends normally
+        faulty = not good <= set(first_done) and len(attempts) < args.max_attempts
+        chaos = f"{args.p_kill}:{args.p_fail}:{args.seed * 1000 + len(attempts)}"
+        env = {"MITOQP_CHAOS": chaos} if faulty else {}
         before = finished(out) if out.exists() else {}
         t = time.perf_counter()
         r = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
@@ -131,18 +127,18 @@ def main() -> None:
             first_done.setdefault(name, time.time() - start)
             if name in before and before[name] != ident:
                 redone.add(name)  # a finished slide was analysed again
-        # slides cut short by this attempt's fault, to be redone by the next: the one in progress when the
-        # process was killed, or a good slide whose write failed (its one-line error names the fault)
-        cut = (1 if "kill" in what and "summary" not in what and r.returncode == -9 else 0) + sum(
-            1 for line in r.stderr.splitlines() if line.startswith("error:") and ("No space" in line or "I/O" in line
-                                                                                  or "Input/output" in line))
-        attempts.append((what, r.returncode, len(after) - len(before), time.perf_counter() - t, cut))
-        print(f"attempt {len(attempts):2d}: {what:26s} exit {r.returncode:3d}, {len(after) - len(before):3d} slides "
-              f"finished, {attempts[-1][3]:.0f} s", flush=True)
-        if not faulty:
-            clean_runs += 1
-            if r.returncode in (0, 1) or clean_runs >= 3:
-                break
+        # slides cut short by this attempt's faults, left for the next: the one in progress when the process
+        # was killed (slides run in input order, so a kill that leaves good slides undone came during one),
+        # and each slide an injected disk error failed (its one-line error on the console)
+        cut = 1 if r.returncode == -9 and not good <= set(after) else 0
+        cut += sum(1 for line in r.stderr.splitlines() if line.startswith("error:") and "(injected at" in line
+                   and not any(f in line for f in ("summary.", "report.html", "at summary")))
+        how = ("killed" if r.returncode == -9 else f"exit {r.returncode}")
+        attempts.append((faulty, r.returncode, len(after) - len(before), time.perf_counter() - t, cut))
+        print(f"attempt {len(attempts):2d}: {'faults' if faulty else 'clean '} {how:8s} {len(after) - len(before):3d} "
+              f"slides finished, {cut} cut short, {attempts[-1][3]:.0f} s", flush=True)
+        if not faulty and (r.returncode in (0, 1) or sum(1 for a in attempts if not a[0]) >= 3):
+            break
     wall = time.time() - start
     summary = json.loads((out / "summary.json").read_text())
     rows = {Path(row["slide"]).stem: row for row in summary["slides"]}
@@ -150,18 +146,21 @@ def main() -> None:
     failed = {n for n, row in rows.items() if row["status"] == "error"}
     broken = {n: why for n in done if (why := check_outputs(out, n))}
     lost = {p.stem for p in paths} - done - failed
-    wrongly_failed = failed - bad
+    wrongly_failed = failed - set(bad)
     retried = sum(a[4] for a in attempts)
     temporaries = [p.name for p in out.rglob("*.tmp")]
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\nslides: {len(paths)}, done {len(done)}, failed {len(failed)} (broken on purpose {len(bad)}; "
           f"failed though good: {len(wrongly_failed)}), lost {len(lost) + len(broken)}, redone {len(redone)}, "
           f"half-written or temporary files {len(broken) + len(temporaries)}")
-    print(f"attempts: {len(attempts)} ({args.faults} with a fault); slides cut short by a fault and retried by "
-          f"the next attempt: {retried}")
+    print(f"attempts: {len(attempts)} ({sum(1 for a in attempts if a[0])} with faults: P(kill) {args.p_kill}, "
+          f"P(ENOSPC or EIO) {args.p_fail} at each of about 15 checkpoints a slide); slides cut short by a fault and "
+          f"retried by a later attempt: {retried}")
     print(f"peak memory of one run: {peak_mb:.0f} MB; wall {wall:.0f} s, {60 * len(done) / wall:.1f} slides/min overall")
     for n in sorted(failed):
-        print(f"  failed {n}: {rows[n]['error']}")
+        print(f"  failed {n} ({bad.get(n, 'good')}): {rows[n]['error']}")
+    for n in sorted(set(bad) - failed):
+        print(f"  analysed though broken on purpose: {n} ({bad[n]}: the bytes hit decode without an error)")
     for n, why in broken.items():
         print(f"  BROKEN {n}: {why}")
     print("throughput over time (slides finished per minute):")
@@ -169,6 +168,10 @@ def main() -> None:
     for m in range(int(wall // 60) + 1):
         k = sum(1 for x in times if m * 60 <= x < (m + 1) * 60)
         print(f"  minute {m + 1}: {k}")
+    if args.keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp)
     if lost or broken or redone or temporaries or wrongly_failed:
         sys.exit("soak FAILED: " + json.dumps({"lost": sorted(lost), "broken": broken, "redone": sorted(redone),
                                                "temporaries": temporaries, "failed though good": sorted(wrongly_failed)}))

@@ -182,7 +182,10 @@ def process_slide(path: Path, name: str, model: Model, cfg: RunConfig, progress:
         record.update(status="error", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     record["seconds"] = round(time.perf_counter() - t0, 3)
     if record["status"] == "ok":
-        write_json_atomic(out / f"{name}.result.json", record)
+        try:
+            write_json_atomic(out / f"{name}.result.json", record)
+        except OSError as exc:  # a full disk at the last file: this slide fails, the batch goes on
+            record.update(status="error", error=str(exc).splitlines()[0])
     return record
 
 

@@ -49,6 +49,8 @@ def run_local(jobs: list[Job], model: Model, done: Done, progress: bool = False)
 
 def run_ray(jobs: list[Job], model: Model, settings: RaySettings, done: Done) -> None:
     """Each job as a Ray task; `done` is called in the order the tasks finish."""
+    if not jobs:  # every slide finished before: no cluster needed
+        return
     try:
         import ray
     except ImportError:

@@ -24,9 +24,10 @@ from scipy import ndimage
 from mitoqp.density import density_grid
 from mitoqp.grade import BASIS, mitotic_score
 from mitoqp.hotspot import Hotspot
-from mitoqp.io_utils import atomic_path, write_text_atomic
+from mitoqp.io_utils import atomic_path
 from mitoqp.tissue import TissueMask
 
+PICTURE_SLOT = "\0picture\0"  # where a slide's embedded picture goes (no file name holds a NUL)
 HEAT = np.array([[255, 255, 178], [254, 204, 92], [253, 141, 60], [240, 59, 32], [189, 0, 38]], np.float32)
 
 
@@ -161,9 +162,7 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
                  _links(name, r) if ok else "<td data-v=''>-</td>"]
         rows.append(f"<tr class='{'ok' if ok else 'error'}'>" + "".join(cells) + "</tr>")
         if ok:
-            uri = data_uri(out / f"{name}.overview.png")
-            picture = (f"<img alt='overview of {html.escape(name)}' src='{uri}'>" if uri
-                       else "<p>(no overview picture: no tissue found)</p>")
+            picture = PICTURE_SLOT  # filled while writing, one picture in memory at a time
             sections.append(
                 f"<section class='slide' id='{html.escape(name)}'><h2>{html.escape(name)}</h2>"
                 f"<p>{r.get('mitotic_count')} mitotic figures in {r.get('tissue_area_mm2')} mm² of tissue "
@@ -192,7 +191,17 @@ def write_report(out: Path, records: list[dict], model_id: str, hotspot_mm2: flo
         "<p class='legend'>Pictures: tissue outlined in green, mitotic density per mm² of tissue in ~250-µm squares "
         "from pale yellow to red (relative to the slide's densest square), detected figures as blue rings, the "
         "hotspot window in black.</p>"
-        + "".join(sections) + f"<script>{SORT_JS}</script></body></html>\n")
+        )
     path = out / "report.html"
-    write_text_atomic(path, page)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+        for r, section in zip(records, sections):
+            if PICTURE_SLOT in section:
+                name = r.get("name", Path(str(r.get("slide", "?"))).stem)
+                uri = data_uri(out / f"{name}.overview.png")
+                picture = (f"<img alt='overview of {html.escape(name)}' src='{uri}'>" if uri
+                           else "<p>(no overview picture: no tissue found)</p>")
+                section = section.replace(PICTURE_SLOT, picture)
+            f.write(section)
+        f.write(f"<script>{SORT_JS}</script></body></html>\n")
     return path

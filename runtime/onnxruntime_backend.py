@@ -34,6 +34,9 @@ class OnnxRuntimeBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # batches vary in size (a window's last one); a memory pattern is cached per input shape, which grew
+        # a batch's memory by about 1.5 MB a slide without end (benchmarks/RESULTS.md, "Soak")
+        opts.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=[PROVIDERS[device]])
         except Exception as exc:

@@ -116,6 +116,14 @@ def test_a_full_disk_fails_the_slide_in_one_line_and_keeps_earlier_outputs(slide
             json.loads((out / name).read_text())
     assert not list(out.glob(".*.tmp"))
 
+    # the disk fills at a slide's last file, its record: that slide fails, the batch goes on
+    monkeypatch.setattr(mitoqp.faults, "_reached", Counter())
+    monkeypatch.setenv("MITOQP_FAIL_AT", f"rename:{RENAMES_PER_SLIDE}:ENOSPC")
+    assert main([*args, "--overwrite"]) == 1
+    rows = {Path(r["slide"]).stem: r for r in json.loads((out / "summary.json").read_text())["slides"]}
+    assert [rows[s.stem]["status"] for s in slides[:3]] == ["error", "ok", "ok"]
+    assert "slide_0.result.json" in rows["slide_0"]["error"] and not (out / "slide_0.result.json").exists()
+
     # the disk fills while the summary is written: one line, the previous summary intact
     monkeypatch.setattr(mitoqp.faults, "_reached", Counter())
     monkeypatch.setenv("MITOQP_FAIL_AT", "summary:1:ENOSPC")
@@ -125,6 +133,9 @@ def test_a_full_disk_fails_the_slide_in_one_line_and_keeps_earlier_outputs(slide
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "No space left on device" in err and "\n" not in err
     assert (out / "summary.csv").read_bytes() == summary and not list(out.glob(".*.tmp"))
+
+
+RENAMES_PER_SLIDE = 7  # six outputs, then the record
 
 
 def corrupt_tile(path: Path, level: int, tx: int, ty: int) -> None:
