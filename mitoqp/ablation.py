@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mitoqp.metrics import MEAN_RECALL_LEVELS
+
 SETS = (("test/all", "test"), ("external/atnorm-br", "AtNorM-Br"))
 
 
@@ -29,18 +31,30 @@ def load_report(directory: Path) -> dict:
         raise ValueError(f"cannot read {path}: {exc}") from None
 
 
+def mean_recall(froc: dict) -> float | None:
+    """Recall averaged over 1-64 false detections per mm^2 (the criterion epochs are chosen by), if all levels are there."""
+    if not all(str(level) in froc for level in MEAN_RECALL_LEVELS):
+        return None
+    return float(np.mean([froc[str(level)] for level in MEAN_RECALL_LEVELS]))
+
+
 def row_values(reports: list[dict]) -> dict[str, list[float]]:
     """Per column, the value of each seed's report."""
     cols: dict[str, list[float]] = {}
     for r in reports:
+        val = r["sets"].get("validation/all")
+        if val is not None and mean_recall(val["froc_recall_at_fp_per_mm2"]) is not None:
+            cols.setdefault("validation mean recall", []).append(mean_recall(val["froc_recall_at_fp_per_mm2"]))
         for key, short in SETS:
             s = r["sets"].get(key)
             if s is None:
                 continue
             froc = s["froc_recall_at_fp_per_mm2"]
             for name, v in ((f"{short} HPF-F1", s["operating_point"]["hpf_f1"]), (f"{short} recall@1", froc["1"]),
-                            (f"{short} recall@4", froc["4"]), (f"{short} cand. sens.", s["candidate_sensitivity"]["7.5um"])):
-                cols.setdefault(name, []).append(float(v))
+                            (f"{short} recall@4", froc["4"]), (f"{short} mean recall", mean_recall(froc)),
+                          (f"{short} cand. sens.", s["candidate_sensitivity"]["7.5um"])):
+                if v is not None:
+                    cols.setdefault(name, []).append(float(v))
             if s.get("subtype"):
                 cols.setdefault(f"{short} subtype bal. acc.", []).append(float(s["subtype"]["balanced_accuracy"]))
         if r["model"].get("macs_per_patch"):  # older evaluations did not record it

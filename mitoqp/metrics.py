@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+# False detections per mm^2 over which `mean recall`, the smooth criterion that picks epochs, is averaged.
+MEAN_RECALL_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+
 # MIDOG 2021 training set: 1,721 figures on 150 labelled breast regions of 7215x5412 px at 0.25 um/px.
 MIDOG21_FIGURES_PER_MM2 = 1721 / (150 * 7215 * 5412 * 0.25**2 * 1e-6)
 

@@ -317,6 +317,21 @@ def test_ablation_table_pools_seeds(tmp_path, capsys):
     assert main(["ablation", "nolabel"]) == 1 and "LABEL=EVAL_DIR" in capsys.readouterr().err
 
 
+def test_ablation_adds_mean_recall_over_1_to_64_fp_per_mm2_when_every_level_is_there(tmp_path):
+    from mitoqp.ablation import ablation_table
+
+    report = fake_report(0.8, 0.5)
+    levels = {"0.5": 0.0, "1": 0.5, "2": 0.6, "4": 0.7, "8": 0.8, "16": 0.9, "32": 1.0, "64": 1.0}
+    report["sets"]["validation/all"] = {**report["sets"]["test/all"], "froc_recall_at_fp_per_mm2": levels}
+    report["sets"]["test/all"]["froc_recall_at_fp_per_mm2"] = {**levels, "64": 0.3}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "evaluation.json").write_text(json.dumps(report))
+    header, _, row = ablation_table([f"a={tmp_path / 'a'}"]).splitlines()
+    cols = dict(zip(header.split(" | "), row.split(" | ")))
+    assert cols["validation mean recall"] == "0.786" and cols["test mean recall"] == "0.686"  # 5.5/7, 4.8/7
+    assert "AtNorM-Br mean recall" not in cols  # its FROC lacks levels: no column rather than a wrong mean
+
+
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
 def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_path):
     out = tmp_path / "eval"

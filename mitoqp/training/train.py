@@ -26,7 +26,7 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.roi import read_roi
 from mitoqp.training.recipe import check_recipe
-from mitoqp.metrics import Match, froc, match_detections, roc_auc
+from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
 from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, focal_loss, subtype_loss
@@ -98,9 +98,6 @@ def field_matches(samples: SampleSet, scores: np.ndarray, fields: list[Field], r
         sel = sel[suppress_duplicates(samples.xy[sel], scores[sel], nms_px)]
         out.append(match_detections(samples.xy[sel], scores[sel], f.figures, radius_px, f.lookalikes))
     return out
-
-
-MEAN_RECALL_LEVELS = (1, 2, 4, 8, 16, 32, 64)  # false detections per mm^2
 
 
 def balanced_accuracy_threshold(scores: np.ndarray, atypical: np.ndarray) -> tuple[float, float]:
