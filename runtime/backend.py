@@ -134,6 +134,7 @@ def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = 
         from mitoqp.runtime.torch_backend import TorchBackend, torch_file
 
         return TorchBackend(torch_file(onnx_path), precision=precision, threads=threads)
+    from mitoqp.runtime.cpu_features import int8_exact_on_cpu
     from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     variant = onnx_path.parent / variant_name(onnx_path.name, precision)
@@ -141,6 +142,9 @@ def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = 
         raise ValueError(f"{onnx_path.parent} has no {precision} model ({variant.name}): "
                          f"mitoqp export -o {onnx_path.parent} --precision {precision} makes one")
     backend = OnnxRuntimeBackend(variant, threads, device="auto")
+    if precision == "int8" and backend.device == "cpu" and not int8_exact_on_cpu():
+        raise ValueError("--precision int8 needs a CPU with VNNI (avx512_vnni or avx_vnni): on this CPU ONNX "
+                         "Runtime's INT8 kernels saturate and change decisions; use --precision fp32")
     if precision != "fp32":
         backend.name += f"-{precision}"
     return backend

@@ -245,7 +245,12 @@ def test_tensorrt_backend_refuses_an_engine_with_other_io():
 
 
 def backend_cases():
-    cases = [("onnxruntime", p) for p in ("fp32", "fp16", "int8")] + [("torch", "fp32")]
+    from mitoqp.runtime.cpu_features import int8_exact_on_cpu
+
+    no_vnni = pytest.mark.skip(reason="x86 CPU without VNNI: ONNX Runtime's INT8 kernels saturate here, and "
+                                      "the runtime refuses INT8 (test_int8_is_refused_where_the_cpu_would_saturate)")
+    cases = [("onnxruntime", p) for p in ("fp32", "fp16")] + [("torch", "fp32")]
+    cases += [pytest.param("onnxruntime", "int8", marks=[] if int8_exact_on_cpu() else no_vnni)]
     gpu = pytest.mark.skip(reason="no CUDA GPU here: the GPU backends run only where one is present")
     cases += [pytest.param("torch", "fp16", marks=gpu), pytest.param("tensorrt", "fp16", marks=gpu)]
     return cases
@@ -279,3 +284,30 @@ def test_every_backend_and_precision_matches_the_pytorch_weights_on_real_validat
     t = model.threshold
     assert ((got[:, 0] >= t) != (want[:, 0] >= t)).sum() == 0
     assert np.abs(got[:, 0] - want[:, 0]).max() < (1e-5 if precision == "fp32" else 0.05)
+
+
+def test_int8_runs_on_the_cpu_only_where_vnni_makes_it_exact(tmp_path):
+    from mitoqp.runtime.cpu_features import cpu_flags, int8_exact_on_cpu
+
+    assert int8_exact_on_cpu({"sse2", "avx2", "fma"}, "x86_64") is False  # Zen 3, Haswell: VPMADDUBSW saturates
+    assert int8_exact_on_cpu({"avx2", "avx512f", "avx512_vnni"}, "x86_64") is True
+    assert int8_exact_on_cpu({"avx2", "avx_vnni"}, "AMD64") is True
+    assert int8_exact_on_cpu(set(), "aarch64") is True
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_vnni\n\nprocessor\t: 1\n")
+    assert cpu_flags(info) == {"fpu", "sse2", "avx2", "avx512_vnni"}
+    assert cpu_flags(tmp_path / "absent") is None
+
+
+def test_int8_is_refused_where_the_cpu_would_saturate(monkeypatch):
+    import mitoqp.runtime.cpu_features as features
+    from mitoqp.runtime.model import default_model_dir
+
+    cfg = json.loads((default_model_dir() / "model.json").read_text())
+    if not cfg.get("precisions", {}).get("int8", {}).get("kept"):
+        pytest.skip("the bundled model has no int8 variant")
+    monkeypatch.setattr(features, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+    monkeypatch.setattr(features.platform, "machine", lambda: "x86_64")
+    with pytest.raises(ValueError, match="needs a CPU with VNNI"):
+        load_model(default_model_dir(), backend="onnxruntime", precision="int8")
+    assert load_model(default_model_dir(), backend="onnxruntime", precision="fp32").backend is not None
