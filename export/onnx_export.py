@@ -165,6 +165,10 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
         for name in ("model.onnx", "model.pt"):
             with atomic_path(out_dir / name.replace("model", "subtype")) as target:
                 (Path(tmp) / name).replace(target)
+    previous = config.get("subtype_model")
+    if previous:  # a replaced subtype model's cost no longer counts
+        config["macs_per_patch"] = int(config["macs_per_patch"]) - int(previous.get("macs_per_patch", 0))
+    drop_precisions(out_dir, config)
     config.update(
         outputs=["mitosis", "atypical"], class_names=["Mitotic figure (normal)", "Mitotic figure (atypical)"],
         output="(N, 2): probability of a mitotic figure (model.onnx), probability that it is atypical (subtype.onnx)",
@@ -177,6 +181,18 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
     )
     write_json_atomic(out_dir / "model.json", config)
     return config
+
+
+def drop_precisions(out_dir: Path, config: dict) -> None:
+    """Remove the FP16/INT8 variants a new subtype model makes stale, files and entries.
+
+    Left in place, `--precision int8` would still run the old subtype model's variant.
+    `mitoqp export -o DIR --precision fp16,int8` makes and checks new ones.
+    """
+    for entry in config.pop("precisions", {}).values():
+        for report in entry.get("files", {}).values():
+            if isinstance(report, dict) and report.get("file"):
+                (out_dir / report["file"]).unlink(missing_ok=True)
 
 
 def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> np.ndarray:

@@ -94,6 +94,16 @@ def make_variant(folder: Path, onnx_file: str, precision: str, calibration: np.n
     return report
 
 
+def checked_on() -> dict:
+    """The CPU a variant's check ran on: INT8 decisions checked on a CPU with VNNI hold only on such CPUs."""
+    import platform
+
+    from mitoqp.runtime.cpu_features import int8_exact_on_cpu
+
+    return {"machine": platform.machine(), "processor": platform.processor() or None,
+            "int8_exact_kernels": int8_exact_on_cpu()}
+
+
 def add_precisions(folder: Path, config: dict, precisions: list[str], patches: np.ndarray) -> dict:
     """Variants of every ONNX file of a model folder; half the patches calibrate, the other half check."""
     # each file is checked where its decisions are made: a member at its own threshold, an atypical
@@ -118,5 +128,5 @@ def add_precisions(folder: Path, config: dict, precisions: list[str], patches: n
                     (folder / r["file"]).unlink()
                     r.update(kept=False, why_not="another file of the model failed its check")
                     r.pop("sha256", None)
-        out[precision] = {"kept": kept, "files": reports}
+        out[precision] = {"kept": kept, "files": reports, "checked_on": checked_on()}
     return out

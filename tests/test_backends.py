@@ -74,6 +74,7 @@ def test_torch_backend_without_weights_says_to_re_export(tmp_path, tiny_model_di
 def test_precision_variants_are_checked_and_kept_only_when_decisions_match(tmp_path, tiny_subtype_model_dir, monkeypatch):
     from mitoqp.export import precision as prec
     from mitoqp.export.onnx_export import main_export
+    from mitoqp.runtime.cpu_features import int8_exact_on_cpu
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_subtype_model_dir, folder)
@@ -99,6 +100,7 @@ def test_precision_variants_are_checked_and_kept_only_when_decisions_match(tmp_p
     monkeypatch.setattr(prec, "compare", lambda a, b, x, d: {**real_compare(a, b, x, d), "decisions_differ": 1})
     out = prec.add_precisions(folder, cfg, ["fp16"], patches(8, 32))
     assert out["fp16"]["kept"] is False and not (folder / "model.fp16.onnx").exists()
+    assert out["fp16"]["checked_on"]["int8_exact_kernels"] == int8_exact_on_cpu()  # where the check ran
     assert "1 of 8 decisions differ" in out["fp16"]["files"]["model.onnx"]["why_not"]
 
 

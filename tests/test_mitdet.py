@@ -295,6 +295,27 @@ def test_unknown_recipe_options_are_clear_errors(tmp_path):
             train(cfg, tr, va, tmp_path / key, log=lambda m: None)
 
 
+def test_subtype_recipe_picks_the_epoch_by_subtype_auc_and_needs_a_subtype_head(tmp_path):
+    """configs/subtype.toml at smoke size: mostly figures in a batch, the epoch of the best atypical AUC."""
+    from mitoqp.training.train import load_config, train
+
+    recipe = load_config(ROOT / "configs" / "subtype.toml")
+    assert recipe["train"]["select"] == "subtype_auc" and recipe["model"]["subtype"]
+    tr, va = synthetic_fields(tmp_path, 24, "train", 0, True), synthetic_fields(tmp_path, 8, "validation", 1, True)
+    cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16], "subtype": True},
+           "train": {"epochs": 3, "epoch_samples": 128, "batch": 32, "jitter": 4, "threads": 1, "lr": 0.01,
+                     "select": "subtype_auc", "negative_share": 0.1, "subtype_weight": 1.0}}
+    best = train(cfg, tr, va, tmp_path / "run", log=lambda m: None)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    aucs = [m["subtype_auc"] for m in metrics]
+    assert len(aucs) == 3 and best["subtype_auc"] == max(aucs) and best["epoch"] == 1 + aucs.index(max(aucs))
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert saved["val_metrics"]["epoch"] == best["epoch"] and 0 < saved["atypical_threshold"] < 1
+    cfg["model"]["subtype"] = False
+    with pytest.raises(ValueError, match="subtype head"):
+        train(cfg, tr, va, tmp_path / "no_head", log=lambda m: None)
+
+
 # --- evaluation and the ablation table ------------------------------------------------------
 
 def fake_report(hpf_test, hpf_ext, macs=33.4e6):
@@ -395,6 +416,29 @@ def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, ti
         f.write(b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_model(folder)
+
+
+def test_replacing_the_subtype_model_drops_its_stale_precision_variants(tiny_model_dir, tiny_subtype_model_dir, tmp_path):
+    """A new subtype model must not run beside the old one's INT8 file, nor count the old one's MACs."""
+    import shutil
+
+    from mitoqp.export.onnx_export import attach_subtype
+
+    folder = tmp_path / "joined"
+    shutil.copytree(tiny_model_dir, folder)
+    patches = np.stack([synthetic_field(np.random.default_rng(i), 64)[0][16:48, 16:48] for i in range(4)])
+    ckpt = tiny_subtype_model_dir.parent / "run" / "best.pt"
+    first = attach_subtype(folder, ckpt, patches)
+    for name in ("model", "subtype"):  # what an earlier `--precision int8` left in the folder
+        shutil.copy(folder / f"{name}.onnx", folder / f"{name}.int8.onnx")
+    first["precisions"] = {"int8": {"kept": True, "files": {f"{n}.onnx": {"file": f"{n}.int8.onnx", "sha256": "0" * 64}
+                                                          for n in ("model", "subtype")}}}
+    (folder / "model.json").write_text(json.dumps(first))
+    second = attach_subtype(folder, ckpt, patches)
+    assert "precisions" not in second and not list(folder.glob("*.int8.onnx"))
+    assert second["macs_per_patch"] == first["macs_per_patch"]
+    with pytest.raises(ValueError, match="no int8 model"):
+        load_model(folder, precision="int8")
 
 
 def test_export_adds_a_subtype_model_to_an_exported_folder(tiny_model_dir, tiny_subtype_model_dir, tmp_path, capsys):

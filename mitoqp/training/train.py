@@ -36,6 +36,10 @@ from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, BatchS
                                       label_children, subtype_targets, weighted_sampler)
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
+# what picks the best epoch: the detector's HPF-equivalent F1 or mean recall over 1-64 FP/mm^2, or, for a model
+# trained to be the subtype model, its atypical-vs-normal AUC on the validation figures (smoother than the
+# balanced accuracy at one threshold: validation holds few atypical figures)
+SELECT_BY = ("hpf_f1", "mean_recall", "subtype_auc")
 
 
 def _uts():
@@ -234,8 +238,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         log(f"subtype labels {t_cfg['subtype_labels']}: {int((subtype_target >= 0).sum())} figures trained on "
             f"(of {int((tr.atypical >= 0).sum())}), {int(soft.sum())} with a soft target")
     select = str(t_cfg.get("select", "hpf_f1"))
-    if select not in ("hpf_f1", "mean_recall"):
-        raise ValueError(f"train.select must be hpf_f1 or mean_recall, not {select!r}")
+    if select not in SELECT_BY:
+        raise ValueError(f"train.select must be one of {', '.join(SELECT_BY)}, not {select!r}")
+    if select == "subtype_auc" and getattr(model, "subtype_head", None) is None:
+        raise ValueError("train.select = \"subtype_auc\" needs a subtype head: set model.subtype = true")
 
     ema_decay = float(t_cfg.get("ema_decay", 0.0))
     # an exponential moving average of the weights (and BatchNorm statistics) steadies validation
@@ -270,7 +276,8 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         judged = ema.module if ema is not None else model
         metrics = validate(judged, va, val_fields, patch, radius_px, nms_px)
         metrics.update(epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
-        extra = (f", subtype bal. acc. {metrics['subtype_balanced_accuracy']:.3f}" if "subtype_balanced_accuracy" in metrics else "")
+        extra = (f", subtype bal. acc. {metrics['subtype_balanced_accuracy']:.3f} AUC {metrics['subtype_auc']:.3f}"
+                 if "subtype_balanced_accuracy" in metrics else "")
         log(f"epoch {epoch}: loss {metrics['loss']:.4f} val AUC {metrics['auc']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} "
             f"(recall {metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at t={metrics['threshold']:.3f}) "
             f"mean recall {metrics['mean_recall']:.3f}{extra} {metrics['seconds']:.0f}s")
@@ -282,11 +289,16 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
                  "macs": count_macs(judged, patch), "stain_reference": reference}
         if int(t_cfg.get("save_every", 0)) and epoch % int(t_cfg["save_every"]) == 0:
             torch.save(state, run_dir / f"epoch{epoch:03d}.pt")  # for finding where training saturates
-        if metrics[select] > best[select] and epoch > phase1:
+        if (_finite(metrics[select]) > _finite(best[select]) or "epoch" not in best) and epoch > phase1:
             best = metrics
             torch.save(state, run_dir / "best.pt")
     log(f"best epoch {best['epoch']} by {select}: {best[select]:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f}")
     return best
+
+
+def _finite(value: float) -> float:
+    """A criterion that could not be measured (NaN: one subtype absent) never wins an epoch."""
+    return value if np.isfinite(value) else -np.inf
 
 
 def second_phase(model, tr: SampleSet, patch: int, t_cfg: dict, sampler: BatchSampler, log):
