@@ -224,10 +224,11 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
 
 
 def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
-                subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None) -> dict:
+                subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None,
+                prefilter: Path | None = None) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
 
-    No checkpoint: add to the folder in `out_dir` (a subtype model, precision variants).
+    No checkpoint: add to the folder in `out_dir` (a subtype model, a prefilter, precision variants).
     """
     from mitoqp.export.ensemble import export_ensemble
     from mitoqp.export.precision import PRECISIONS, add_precisions
@@ -236,10 +237,12 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
-    if not checkpoints and subtype is None and not precisions and not model_id:
-        raise ValueError("give a checkpoint to export, or --subtype / --precision to add to the model folder in -o")
-    if checkpoints or subtype is not None:
-        _, ckpt = load_checkpoint(checkpoints[0] if checkpoints else subtype)
+    if not checkpoints and subtype is None and prefilter is None and not precisions and not model_id:
+        raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision to add to the model "
+                         "folder in -o")
+    first = checkpoints[0] if checkpoints else subtype or prefilter
+    if first is not None:
+        _, ckpt = load_checkpoint(first)
         patch, candidates = int(ckpt["patch"]), ckpt["candidates"]
     else:
         if not (out_dir / "model.json").exists():
@@ -248,7 +251,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         patch, candidates = int(existing["input_size"]), existing.get("candidates", {})
     patches, fields = check_patches(amibr, midog_json, patch, candidates)
     if not checkpoints and not (out_dir / "model.json").exists():
-        raise ValueError(f"{out_dir} holds no exported model to add a subtype model to")
+        raise ValueError(f"{out_dir} holds no exported model to add a {'subtype model' if subtype else 'prefilter'} to")
     if len(checkpoints) > 1:
         if not fields:
             raise ValueError("an ensemble's thresholds are chosen on the AMi-Br validation split: give --amibr")
@@ -265,6 +268,11 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     if subtype is not None:
         config = attach_subtype(out_dir, subtype, patches)
         print(json.dumps(config["subtype_model"]["parity"]))
+    if prefilter is not None:
+        from mitoqp.export.prefilter import attach_prefilter
+
+        config = attach_prefilter(out_dir, prefilter, patches, fields)
+        print(json.dumps({"prefilter": {k: config["prefilter"][k] for k in ("threshold", "parity", "validation")}}))
     if precisions:
         config["precisions"] = add_precisions(out_dir, config, precisions, patches)
         write_json_atomic(out_dir / "model.json", config)

@@ -115,6 +115,8 @@ def add_precisions(folder: Path, config: dict, precisions: list[str], patches: n
     if config.get("subtype_model"):
         sub = config["subtype_model"]
         checks[sub["file"]] = [(int(sub.get("output", 1)), atypical)]
+    if config.get("prefilter"):  # a prefilter decides which patches the detector sees, at its own threshold
+        checks[config["prefilter"]["file"]] = [(0, float(config["prefilter"]["threshold"]))]
     calibration, check = patches[: len(patches) // 2], patches[len(patches) // 2:]
     out = dict(config.get("precisions", {}))
     for precision in precisions:

@@ -178,8 +178,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     def export() -> None:
         from mitoqp.runtime.model import load_model
 
-        if args.checkpoints or args.subtype or args.id or [p for p in precisions if p != "fp32"] or not args.engine:
-            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id)
+        if (args.checkpoints or args.subtype or args.prefilter or args.id or [p for p in precisions if p != "fp32"]
+                or not args.engine):
+            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id,
+                        args.prefilter)
         if args.engine:  # TensorRT engines now, not on a slide's first batch
             for p in precisions or ["fp32"]:
                 model = load_model(args.out, backend="tensorrt", precision=p)
@@ -331,9 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="ONNX (dynamic batch, opset 17) + model.json, checked against PyTorch on real patches. "
                                    "Several checkpoints make an ensemble (outputs averaged; thresholds chosen on validation).")
     e.add_argument("checkpoints", type=Path, nargs="*", metavar="CHECKPOINT",
-                   help="one checkpoint, several (an ensemble), or none with --subtype (added to the folder in -o)")
+                   help="one checkpoint, several (an ensemble), or none with --subtype/--prefilter (added to the folder in -o)")
     e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT",
                    help="a second model (with a subtype head) whose atypical output joins the detector's folder")
+    e.add_argument("--prefilter", type=Path, default=None, metavar="CHECKPOINT",
+                   help="a cheap first stage (configs/prefilter.toml) for the detector's folder: the detector then sees "
+                        "only the candidates it passes; its threshold is chosen on the validation split")
     e.add_argument("-o", "--out", type=Path, required=True, help="model folder")
     e.add_argument("--amibr", type=Path, default=SHARED / "ami-br", help="AMi-Br folder (patches for the parity check)")
     e.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")

@@ -59,6 +59,29 @@ class SubtypeJoin:
         return out
 
 
+class PrefilterCascade:
+    """A cheap prefilter on every patch; the full model only on the patches it passes (`threshold`).
+
+    A patch the prefilter rejects scores 0 for mitosis (and NaN for the subtype): the prefilter's
+    threshold is chosen on validation so that it passes every candidate the detector detects there.
+    """
+
+    def __init__(self, prefilter: Backend, inner: Backend, threshold: float, columns: int = 1):
+        self.prefilter, self.inner, self.threshold, self.columns = prefilter, inner, threshold, columns
+        self.name = f"prefilter+{inner.name}"
+        self.seen = self.passed = 0  # patches scored, and passed on to the full model
+
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        ask = np.flatnonzero(self.prefilter.predict(patches)[:, 0] >= self.threshold)
+        self.seen += len(patches)
+        self.passed += len(ask)
+        out = np.zeros((len(patches), self.columns), np.float32)
+        out[:, 1:] = np.nan
+        if len(ask):
+            out[ask] = self.inner.predict(patches[ask])
+        return out
+
+
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))  # rotations by k*90 degrees, then a mirror
 
 

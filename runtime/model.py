@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mitoqp.candidates import CandidateParams
-from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, SubtypeJoin, make_backend
+from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, PrefilterCascade, SubtypeJoin, make_backend
 
 
 SUBTYPE_FLOOR = 0.25  # detector score from which a joined subtype model is asked (thresholds lie far above)
@@ -28,9 +28,9 @@ class Model:
 
     @property
     def sha256(self) -> str:
-        """The model's identity (a re-run redoes slides done by another): with a subtype model, of both files."""
-        sub = self.config.get("subtype_model")
-        return members_sha256([self.config["onnx_sha256"], sub["sha256"]]) if sub else str(self.config["onnx_sha256"])
+        """The model's identity (a re-run redoes slides done by another): of every file it runs."""
+        extra = [self.config[k]["sha256"] for k in ("subtype_model", "prefilter") if self.config.get(k)]
+        return members_sha256([self.config["onnx_sha256"], *extra]) if extra else str(self.config["onnx_sha256"])
 
     @property
     def kind(self) -> str:
@@ -108,11 +108,12 @@ def check_variant(directory: Path, config: dict, onnx_file: str, precision: str,
 
 
 def load_model(directory: Path | str | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
-               tta: int = 1, precision: str = "fp32", subtype_floor: float | None = None) -> Model:
+               tta: int = 1, precision: str = "fp32", subtype_floor: float | None = None, prefilter: bool = True) -> Model:
     """Load an exported model folder (or a model by its registry name); checks the files against their hashes.
 
     `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
-    (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch.
+    (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch;
+    `prefilter`: run the folder's prefilter cascade, where it has one (False: the detector on every patch).
     """
     from mitoqp.runtime.registry import resolve_model
 
@@ -126,6 +127,8 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"bad model config {cfg_path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     check_config(config, cfg_path)
+    if not prefilter:
+        config.pop("prefilter", None)  # and out of the model's identity: its results are the detector's own
     patch = int(config["input_size"])
 
     def file_backend(onnx_file: str, sha256: str) -> Backend:
@@ -151,7 +154,12 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     if sub:  # a second model in the folder gives the atypical probability
         floor = float(config.get("subtype_floor", SUBTYPE_FLOOR)) if subtype_floor is None else subtype_floor
         runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)), floor)
-    model = Model(directory, config, DihedralTTA(runner, tta) if tta > 1 else runner)
+    runner = DihedralTTA(runner, tta) if tta > 1 else runner
+    pre = config.get("prefilter")
+    if pre:  # once per patch, outside the TTA views: it decides which patches the full model sees
+        runner = PrefilterCascade(file_backend(pre["file"], pre["sha256"]), runner, float(pre["threshold"]),
+                                  2 if "atypical" in config.get("outputs", []) else 1)
+    model = Model(directory, config, runner)
     check_io(model, cfg_path)
     return model
 
@@ -207,6 +215,13 @@ def check_config(config, cfg_path: Path) -> None:
             fail("'members' is not a list of model files")
         for i, m in enumerate(config["members"]):
             plain_file(m, f"member {i}")
+    if config.get("prefilter"):
+        if config.get("kind", "patch") != "patch":
+            fail("'prefilter' is for a patch model, not a dense one")
+        plain_file(config["prefilter"], "'prefilter'")
+        t = config["prefilter"].get("threshold")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            fail(f"'prefilter' threshold is {t!r}, not a number from 0 to 1")
     if config.get("subtype_model"):
         plain_file(config["subtype_model"], "'subtype_model'")
         out = config["subtype_model"].get("output", 1)

@@ -6,7 +6,9 @@ probabilities, or (N, 2) [mitosis, atypical] when the model has a subtype head.
 
 Options (all off in the baseline): squeeze-excitation attention in every
 residual block, EFDMix after the stem and the first stage (training only), a
-child-class head for InCDP and a subtype head (atypical vs normal figure).
+child-class head for InCDP, a subtype head (atypical vs normal figure), and an
+input pooled by `input_pool` inside the graph (the cheap prefilter of a cascade
+sees the same patch at half the resolution, a quarter of the pixels).
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ class CompactResNet(nn.Module):
 
     def __init__(self, widths: tuple[int, ...] = (16, 24, 48, 96), mean: float = 0.5, std: float = 0.25,
                  se: bool = False, efdmix_p: float = 0.0, efdmix_alpha: float = 0.1,
-                 child_classes: int = 0, subtype: bool = False):
+                 child_classes: int = 0, subtype: bool = False, input_pool: int = 1):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
+        self.pool = nn.AvgPool2d(input_pool) if input_pool > 1 else nn.Identity()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages = []
         for cin, cout in zip(widths[:-1], widths[1:]):
@@ -97,7 +100,7 @@ class CompactResNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) pooled features: what the centre loss pulls together and k-means clusters."""
-        x = (x - self.mean) * self.scale
+        x = self.pool((x - self.mean) * self.scale)
         return self.stages(self.stem(x)).mean(dim=(2, 3))
 
     def heads(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -143,4 +146,4 @@ def build_model(cfg: dict, child_classes: int | None = None) -> CompactResNet:
     return CompactResNet(tuple(cfg.get("widths", (16, 24, 48, 96))), se=bool(cfg.get("se", False)),
                          efdmix_p=float(cfg.get("efdmix_p", 0.0)), efdmix_alpha=float(cfg.get("efdmix_alpha", 0.1)),
                          child_classes=int(child_classes if child_classes is not None else cfg.get("child_classes", 0)),
-                         subtype=bool(cfg.get("subtype", False)))
+                         subtype=bool(cfg.get("subtype", False)), input_pool=int(cfg.get("input_pool", 1)))
