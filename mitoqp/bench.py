@@ -86,13 +86,17 @@ def bench_slide(path: Path, model: Model, opts: Options, repeat: int, reader: st
             w, h = slide.info.dimensions
     except (SlideError, ValueError, OSError) as exc:
         return {**row, "status": "error", "error": str(exc).splitlines()[0]}
-    walls, timings, memory = [], [], []
+    walls, timings, memory, passed = [], [], [], []
+    cascade = model.backend if hasattr(model.backend, "passed") else None  # a prefilter cascade counts what it passes
     for _ in range(repeat):
         reset_peak_memory()
+        before = (cascade.seen, cascade.passed) if cascade is not None else (0, 0)
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
             rec = process_slide(path, row["name"], model, RunConfig(Path(out), opts, overwrite=True, reader=reader))
             walls.append(time.perf_counter() - t)
+        if cascade is not None and cascade.seen > before[0]:
+            passed.append((cascade.passed - before[1]) / (cascade.seen - before[0]))
         if rec["status"] != "ok":
             return {**row, "status": "error", "error": rec["error"]}
         timings.append(rec["timings"])
@@ -109,6 +113,7 @@ def bench_slide(path: Path, model: Model, opts: Options, repeat: int, reader: st
         "stage_share": {s: round(v / wall, 3) for s, v in stages.items()},
         "waits_s": {s: round(v, 3) for s, v in waits.items()},
         "peak_memory_mb": round(max(m for m in memory if m is not None), 0) if any(memory) else None,
+        "prefilter_passed_share": round(statistics.median(passed), 4) if passed else None,
     }
 
 
@@ -117,7 +122,7 @@ def format_table(report: dict) -> str:
              f"warm-up {report['warm_up_s']} s, not timed; median of {report['repeat']} run(s)",
              "stages run at once where they overlap (front end beside the model, decoding ahead), "
              "so their shares can add up to more than 100%"]
-    head = ["slide", "MP", "wall s (min)", "MP/s", "patches/s", "peak MB"] + list(STAGES)
+    head = ["slide", "MP", "wall s (min)", "MP/s", "patches/s", "peak MB"] + list(STAGES) + ["prefilter passed"]
     lines.append(" | ".join(head))
     for r in report["slides"]:
         if r["status"] != "ok":
@@ -126,6 +131,8 @@ def format_table(report: dict) -> str:
         cells = [r["name"], f"{r['megapixels']:.0f}", f"{r['wall_median_s']:.2f} ({r['wall_min_s']:.2f})",
                  f"{r['megapixels_per_s']:.1f}", f"{r['patches_per_s']:.0f}", f"{r['peak_memory_mb'] or '-'}"]
         cells += [f"{r['stages_s'][s]:.2f} ({100 * r['stage_share'][s]:.0f}%)" for s in STAGES]
+        share = r.get("prefilter_passed_share")
+        cells.append("-" if share is None else f"{100 * share:.0f}%")
         lines.append(" | ".join(cells))
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mitoqp.runtime.model import load_model
 
     try:
-        model = load_model(args.model, backend=args.backend, threads=args.threads, tta=args.tta, precision=args.precision)
+        model = load_model(args.model, backend=args.backend, threads=args.threads, tta=args.tta, precision=args.precision,
+                           prefilter=args.prefilter)
         roi = read_roi(args.roi) if args.roi else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ray = RaySettings(args.address, args.ray_cpus_per_slide, gpus, args.ray_memory_gb,
                           model_args={"directory": str(model.directory), "backend": args.backend,
                                       "threads": args.threads or max(1, round(args.ray_cpus_per_slide)),
-                                      "tta": args.tta, "precision": args.precision})
+                                      "tta": args.tta, "precision": args.precision, "prefilter": args.prefilter})
     elif args.address:
         print("error: --address goes with --executor ray", file=sys.stderr)
         return 2
@@ -90,7 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mitoqp.runtime.model import load_model
 
     def job() -> None:
-        model = load_model(args.model, backend=args.backend, threads=args.threads, precision=args.precision)
+        model = load_model(args.model, backend=args.backend, threads=args.threads, precision=args.precision,
+                           prefilter=args.prefilter)
         opts = Options(mpp=args.mpp, batch_size=args.batch_size, workers=args.workers, window_px=args.window,
                        overlap=not args.serial)
         report = bench_main(args.slides, model, opts, args.repeat, args.reader, args.precision, args.json)
@@ -231,6 +233,8 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
                    help="inference engine (auto: TensorRT with a GPU, then ONNX Runtime CUDA/CPU, then PyTorch)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="model precision (fp16/int8: the variants `mitoqp export --precision` wrote and checked)")
+    p.add_argument("--no-prefilter", dest="prefilter", action="store_false",
+                   help="score every candidate with the full model, even where the model folder has a prefilter")
 
 
 def add_robustness_options(p: argparse.ArgumentParser) -> None:

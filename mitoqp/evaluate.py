@@ -87,8 +87,10 @@ def subtype_summary(outs: list[FieldOutcome], threshold: float, atypical_thresho
         return float(0.5 * (pred[t].mean() + (~pred[~t]).mean()))
 
     every = np.ones(len(truth), bool)
+    scored = np.isfinite(score)  # a prefilter's rejects have no subtype: they count as not atypical, and not in the AUC
     return {"figures": int(len(truth)), "atypical": int(truth.sum()), "balanced_accuracy": bacc(every),
-            "auc": roc_auc(truth, score), "detected_figures": int(kept.sum()), "balanced_accuracy_detected": bacc(kept),
+            "auc": roc_auc(truth[scored], score[scored]), "without_subtype": int((~scored).sum()),
+            "detected_figures": int(kept.sum()), "balanced_accuracy_detected": bacc(kept),
             "atypical_threshold": atypical_threshold}
 
 
@@ -270,11 +272,11 @@ def markdown(report: dict) -> str:
     subtype = {n: r["subtype"] for n, r in report["sets"].items() if r.get("subtype")}
     if subtype:
         lines += ["", "Subtype (atypical vs normal) of each field's own figure, at its nearest candidate:", "",
-                  "| set | figures (atypical) | balanced accuracy | AUC | detected figures | balanced accuracy on those |",
-                  "|---|---|---|---|---|---|"]
+                  "| set | figures (atypical) | balanced accuracy | AUC | detected figures | balanced accuracy on those "
+                  "| without a subtype (prefilter rejects) |", "|---|---|---|---|---|---|---|"]
         for n, st in subtype.items():
             lines.append(f"| {n} | {st['figures']} ({st['atypical']}) | {st['balanced_accuracy']:.3f} | {st['auc']:.3f} | "
-                         f"{st['detected_figures']} | {st['balanced_accuracy_detected']:.3f} |")
+                         f"{st['detected_figures']} | {st['balanced_accuracy_detected']:.3f} | {st.get('without_subtype', 0)} |")
     if report.get("padding"):
         pc = report["padding"]
         lines += ["", f"Padding check (validation positives given a negative's padding): mean score {pc['mean_score']:.3f} -> "
@@ -289,7 +291,8 @@ def markdown(report: dict) -> str:
 
 
 def evaluate_main(args) -> dict:
-    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0)
+    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0,
+                       prefilter=getattr(args, "prefilter", True))
     threshold = model.threshold if args.threshold is None else args.threshold
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     sets: dict[str, list[Field]] = {}

@@ -144,7 +144,8 @@ def compare_models(args, evaluate) -> str:
 
     rows = []
     for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model = load_model(spec, backend=args.backend, precision=args.precision)
+        model = load_model(spec, backend=args.backend, precision=args.precision,
+                           prefilter=getattr(args, "prefilter", True))
         sub = copy(args)
         sub.model, sub.out = spec, Path(args.out) / Path(spec).name
         report = earlier_report(sub.out, model, args) or evaluate(sub)

@@ -130,3 +130,37 @@ def test_a_broken_prefilter_is_a_one_line_error(cascade_folder, tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         load_model(bad)
     assert load_model(bad, prefilter=False).backend  # the detector alone still runs
+
+
+def test_bench_reports_what_the_prefilter_passed_and_no_prefilter_turns_it_off(cascade_folder, tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import synthetic_field
+    from mitoqp.cli import main
+
+    folder, _, _ = cascade_folder
+    rng = np.random.default_rng(5)
+    Image.fromarray(np.hstack([synthetic_field(rng)[0] for _ in range(3)])).save(tmp_path / "field.png")
+    shares = {}
+    for flag in ([], ["--no-prefilter"]):
+        report_path = tmp_path / f"bench{len(flag)}.json"
+        assert main(["bench", str(tmp_path / "field.png"), "--model", str(folder), "--mpp", "0.25", "--repeat", "1",
+                     "--json", str(report_path), *flag]) == 0
+        report = json.loads(report_path.read_text())
+        shares[bool(flag)] = (report["backend"], report["slides"][0]["prefilter_passed_share"])
+    assert shares[False][0].startswith("prefilter+") and 0 < shares[False][1] <= 1
+    assert not shares[True][0].startswith("prefilter+") and shares[True][1] is None
+    assert "prefilter passed" in capsys.readouterr().out
+
+
+def test_figures_a_prefilter_rejected_have_no_subtype_and_stay_out_of_the_auc():
+    from mitoqp.evaluate import subtype_summary
+
+    def outcome(atypical: bool, score: float):
+        field = SimpleNamespace(dataset="MIDOG21", mpp=0.25, atypical=atypical)
+        return SimpleNamespace(field=field, xy=np.array([[64.0, 64.0]]), scores=np.array([0.9]), atypical=np.array([score]))
+
+    outs = [outcome(True, 0.9), outcome(True, np.nan), outcome(False, 0.1), outcome(False, 0.2)]
+    st = subtype_summary(outs, threshold=0.5, atypical_threshold=0.5)
+    assert st["without_subtype"] == 1 and st["auc"] == 1.0  # over the three that have a score
+    assert st["balanced_accuracy"] == 0.75  # the rejected atypical figure counts as not called atypical
