@@ -184,10 +184,10 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
 
 
 def drop_precisions(out_dir: Path, config: dict) -> None:
-    """Remove the FP16/INT8 variants a new subtype model makes stale, files and entries.
+    """Remove the folder's FP16/INT8 variants, files and entries, when a subtype model or prefilter joins it.
 
-    Left in place, `--precision int8` would still run the old subtype model's variant.
-    `mitoqp export -o DIR --precision fp16,int8` makes and checks new ones.
+    A precision is checked over every file of the model; left in place, `--precision int8` would
+    run a replaced model's old variant. `mitoqp export -o DIR --precision fp16,int8` makes new ones.
     """
     for entry in config.pop("precisions", {}).values():
         for report in entry.get("files", {}).values():

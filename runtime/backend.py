@@ -63,7 +63,8 @@ class PrefilterCascade:
     """A cheap prefilter on every patch; the full model only on the patches it passes (`threshold`).
 
     A patch the prefilter rejects scores 0 for mitosis (and NaN for the subtype): the prefilter's
-    threshold is chosen on validation so that it passes every candidate the detector detects there.
+    threshold is chosen on validation so that it passes every candidate the detector scores at
+    least 0.25 there, far below the detection threshold (export/prefilter.py).
     """
 
     def __init__(self, prefilter: Backend, inner: Backend, threshold: float, columns: int = 1):
