@@ -55,8 +55,8 @@ def export_onnx(model: torch.nn.Module, patch: int, path: Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float) -> dict:
-    """Max |p_torch - p_onnx| over every output, and the mitosis decisions that differ at `threshold`."""
+def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, threshold: float, column: int = 0) -> dict:
+    """Max |p_torch - p_onnx| over every output, and the decisions of output `column` that differ at `threshold`."""
     step = max(1, int(PARITY_BATCH_PIXELS // (patches.shape[1] * patches.shape[2]))) if len(patches) else 1
     with torch.no_grad():
         p_torch = np.concatenate([model(torch.from_numpy(to_nchw(patches[i:i + step]))).numpy()
@@ -64,8 +64,8 @@ def parity(model: torch.nn.Module, onnx_path: Path, patches: np.ndarray, thresho
     ort = OnnxRuntimeBackend(onnx_path)
     p_onnx = (np.concatenate([ort.predict(patches[i:i + step]) for i in range(0, len(patches), step)])
               .reshape(p_torch.shape) if len(patches) else p_torch)
-    # a patch model decides on column 0; a dense model on every pixel of its map
-    decide = (lambda p: p.reshape(len(p), -1)[:, 0]) if p_torch.ndim <= 2 else (lambda p: p.ravel())
+    # a patch model decides on one column (mitosis: 0); a dense model on every pixel of its map
+    decide = (lambda p: p.reshape(len(p), -1)[:, column]) if p_torch.ndim <= 2 else (lambda p: p.ravel())
     return {
         "patches": int(len(patches)),
         "max_abs_diff": float(np.max(np.abs(p_torch - p_onnx))) if len(patches) else 0.0,
@@ -147,13 +147,20 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     return config
 
 
+SUBTYPE_KEYS = ("outputs", "class_names", "output", "atypical_threshold", "subtype_model")
+SUBTYPE_FILES = ("subtype.onnx", "subtype.pt", "subtype_metrics.jsonl", "subtype_train.log")
+
+
 def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray) -> dict:
     """Export a second model's subtype output into the folder of an exported detector, and list it in model.json.
 
     The runtime then gives the detector's mitosis probability and this model's atypical one.
+    `subtype_checkpoint` may also be a model folder that has one: see `carry_subtype`.
     """
     import tempfile
 
+    if subtype_checkpoint.is_dir():
+        return carry_subtype(subtype_checkpoint, out_dir, patches)
     config = json.loads((out_dir / "model.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         sub = export_model(subtype_checkpoint, Path(tmp), patches)
@@ -180,6 +187,55 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
                        "validation_subtype_balanced_accuracy": sub["validation_metrics"].get("subtype_balanced_accuracy")},
     )
     write_json_atomic(out_dir / "model.json", config)
+    return config
+
+
+def carry_subtype(source_dir: Path, out_dir: Path, patches: np.ndarray) -> dict:
+    """Move an exported folder's subtype model, already checked, beside a newly exported detector.
+
+    A new detector does not make the subtype model's training run come back: its checkpoint may be
+    gone, but its ONNX file, torch weights, threshold and record are in the old folder. The ONNX file
+    must still match its recorded sha256, and parity against those torch weights is checked again.
+    """
+    from mitoqp.runtime.model import load_model
+
+    if source_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"{source_dir} is the folder being exported to: give the subtype model's own folder")
+    try:
+        source = json.loads((source_dir / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{source_dir} is not an exported model folder: {str(exc).splitlines()[0]}") from None
+    entry = source.get("subtype_model")
+    if not entry:
+        raise ValueError(f"{source_dir} has no subtype model")
+    config = json.loads((out_dir / "model.json").read_text())
+    for key in ("input_size", "mpp"):
+        if source[key] != config[key]:
+            raise ValueError(f"the subtype model differs from the detector in {key}: {source[key]} vs {config[key]}")
+    onnx_file, torch_file = source_dir / entry["file"], source_dir / "subtype.pt"
+    if sha256_file(onnx_file) != entry["sha256"]:
+        raise ValueError(f"{onnx_file} does not match the sha256 its model.json records")
+    weights = torch.load(torch_file, map_location="cpu", weights_only=False)
+    model = build_model(weights["model"], int(weights.get("child_classes", 0)))
+    model.load_state_dict(weights["state_dict"])
+    model.eval()
+    column = int(entry.get("output", 1))
+    check = parity(model, onnx_file, patches, float(source["atypical_threshold"]), column)
+    if check["decisions_differ"] or check["max_abs_diff"] > 1e-4:
+        raise ValueError(f"{onnx_file} disagrees with {torch_file}: {check}")
+    previous = config.get("subtype_model")
+    if previous:
+        config["macs_per_patch"] = int(config["macs_per_patch"]) - int(previous.get("macs_per_patch", 0))
+    drop_precisions(out_dir, config)
+    for name in SUBTYPE_FILES:
+        if (source_dir / name).exists():
+            with atomic_path(out_dir / name) as target:
+                target.write_bytes((source_dir / name).read_bytes())
+    config.update({k: source[k] for k in SUBTYPE_KEYS})
+    config["subtype_model"] = {**entry, "parity": check, "carried_from": str(source_dir)}
+    config["macs_per_patch"] = int(config["macs_per_patch"]) + int(entry.get("macs_per_patch", 0))
+    write_json_atomic(out_dir / "model.json", config)
+    load_model(out_dir, backend="onnxruntime")  # the folder must load as the runtime reads it
     return config
 
 
@@ -241,13 +297,15 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision to add to the model "
                          "folder in -o")
     first = checkpoints[0] if checkpoints else subtype or prefilter
-    if first is not None:
+    if first is not None and not first.is_dir():
         _, ckpt = load_checkpoint(first)
         patch, candidates = int(ckpt["patch"]), ckpt["candidates"]
-    else:
-        if not (out_dir / "model.json").exists():
-            raise ValueError(f"{out_dir} holds no exported model to add to")
-        existing = json.loads((out_dir / "model.json").read_text())
+    else:  # the check patches of the folder added to (or of the folder a subtype model comes from)
+        folder = out_dir if first is None else first
+        if not (folder / "model.json").exists():
+            raise ValueError(f"{folder} holds no exported model to add to" if first is None
+                             else f"{folder} is not an exported model folder")
+        existing = json.loads((folder / "model.json").read_text())
         patch, candidates = int(existing["input_size"]), existing.get("candidates", {})
     patches, fields = check_patches(amibr, midog_json, patch, candidates)
     if not checkpoints and not (out_dir / "model.json").exists():

@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Several checkpoints make an ensemble (outputs averaged; thresholds chosen on validation).")
     e.add_argument("checkpoints", type=Path, nargs="*", metavar="CHECKPOINT",
                    help="one checkpoint, several (an ensemble), or none with --subtype/--prefilter (added to the folder in -o)")
-    e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT",
-                   help="a second model (with a subtype head) whose atypical output joins the detector's folder")
+    e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT_OR_DIR",
+                   help="a second model (with a subtype head) whose atypical output joins the detector's folder; "
+                        "or a model folder whose subtype model is carried over (checked again)")
     e.add_argument("--prefilter", type=Path, default=None, metavar="CHECKPOINT",
                    help="a cheap first stage (configs/prefilter.toml) for the detector's folder: the detector then sees "
                         "only the candidates it passes; its threshold is chosen on the validation split")

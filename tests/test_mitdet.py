@@ -452,3 +452,33 @@ def test_export_adds_a_subtype_model_to_an_exported_folder(tiny_model_dir, tiny_
     assert main(["export", "-o", str(tmp_path / "empty")]) == 1
     assert main(["export", "--subtype", sub, "-o", str(tmp_path / "empty")]) == 1
     assert "holds no exported model" in capsys.readouterr().err
+
+
+def test_a_new_detector_carries_over_the_subtype_model_of_an_exported_folder(tiny_model_dir, tiny_subtype_model_dir,
+                                                                              tmp_path, capsys):
+    """Re-exporting the default's detector keeps its subtype model, whose training checkpoint may be gone."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(tiny_model_dir, old)
+    shutil.copytree(tiny_model_dir, new)
+    sub = str(tiny_subtype_model_dir.parent / "run" / "best.pt")
+    assert main(["export", "--subtype", sub, "-o", str(old), "--amibr", str(tmp_path / "none")]) == 0
+    assert main(["export", "--subtype", str(old), "-o", str(new), "--amibr", str(tmp_path / "none")]) == 0
+    a, b = json.loads((old / "model.json").read_text()), json.loads((new / "model.json").read_text())
+    for key in ("outputs", "class_names", "atypical_threshold", "macs_per_patch"):
+        assert a[key] == b[key]
+    assert b["subtype_model"]["sha256"] == a["subtype_model"]["sha256"] and b["subtype_model"]["carried_from"] == str(old)
+    assert b["subtype_model"]["parity"]["decisions_differ"] == 0
+    patches = np.stack([synthetic_field(np.random.default_rng(i), 64)[0][16:48, 16:48] for i in range(6)])
+    np.testing.assert_allclose(load_model(new, subtype_floor=0.0).backend.predict(patches),
+                               load_model(old, subtype_floor=0.0).backend.predict(patches), atol=1e-6)
+    # a folder without one, the folder itself, or a subtype file that no longer matches its record: refused
+    assert main(["export", "--subtype", str(tiny_model_dir), "-o", str(new)]) == 1
+    assert "has no subtype model" in capsys.readouterr().err
+    assert main(["export", "--subtype", str(new), "-o", str(new)]) == 1
+    assert "is the folder being exported to" in capsys.readouterr().err
+    with open(old / "subtype.onnx", "ab") as f:
+        f.write(b"\0")
+    assert main(["export", "--subtype", str(old), "-o", str(new)]) == 1
+    assert "sha256" in capsys.readouterr().err
