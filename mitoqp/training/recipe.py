@@ -24,11 +24,12 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
         "lookalike_weight", "slide_weight", "negative_share", "ema_decay", "border_match", "dgsb_easy_below",
         "dgsb_easy_keep", "brightness", "contrast", "lowres_factor", "lowres_p", "stain_bias", "stain_exceed",
         "stain_sigma", "feature_matching", "gan_gamma", "pixel_gamma", "pixel_weight", "glass_share", "slide_share",
-        "ignore_um", "positive_um")}
+        "ignore_um", "positive_um", "distill_weight", "distill_temperature")}
     | {name: int for name in ("seed", "threads", "jitter", "epochs", "batch", "epoch_samples", "child_per_class",
-                              "phase1_epochs", "dgsb_clusters", "save_every", "images_per_field")}
+                              "phase1_epochs", "dgsb_clusters", "save_every", "images_per_field",
+                              "teacher_views")}
     | {"dgsb": bool, "child_classes": str, "negatives": str, "subtype_labels": str, "select": str,
-       "stain_aug": str, "stain_survey": str},
+       "stain_aug": str, "stain_survey": str, "teacher": list},
     "candidates": {name: NUMBER for name in ("sigma_um", "threshold", "min_area_um2", "max_area_um2", "merge_um")},
     "dense": {"tile": int, "output_stride": int, "context_px": int, "context_probe": int,
               "min_distance_um": NUMBER, "peak_floor": NUMBER},

@@ -29,6 +29,7 @@ from mitoqp.training.recipe import check_recipe
 from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
+from mitoqp.training.distill import distill_loss, load_teacher, teacher_probabilities
 from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, focal_loss, subtype_loss
 from mitoqp.training.model import build_model, count_macs
 from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_samples
@@ -159,11 +160,16 @@ class Objective:
     center_parent: CenterLoss
     center_child: CenterLoss | None
     parent_of_child: torch.Tensor | None
+    distill_weight: float = 0.0  # with a teacher: the weight of its soft targets beside the labels' focal loss
+    distill_temperature: float = 1.0
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, child: torch.Tensor | None, atypical: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, child: torch.Tensor | None, atypical: torch.Tensor,
+                 soft: torch.Tensor | None = None) -> torch.Tensor:
         z = model.embed(x)
         out = model.heads(z)
         loss = focal_loss(out["parent"], y, self.gamma, self.alpha)
+        if soft is not None and self.distill_weight > 0:
+            loss = loss + self.distill_weight * distill_loss(out["parent"], soft, self.distill_temperature)
         if self.center_weight > 0:
             loss = loss + self.center_weight * self.center_parent(z, y.long())
         if child is not None and "child" in out:
@@ -219,6 +225,9 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         CenterLoss(n_child, model.embed_dim) if n_child else None,
         torch.from_numpy(LABEL_CHILD_PARENT) if child_mode == "labels" else None)
     child = label_children(tr) if child_mode == "labels" else None
+    soft_target = distillation_targets(t_cfg, tr, patch, log)
+    objective.distill_weight = float(t_cfg.get("distill_weight", 1.0)) if soft_target is not None else 0.0
+    objective.distill_temperature = float(t_cfg.get("distill_temperature", 1.0))
 
     epochs = int(t_cfg.get("epochs", 20))
     batch = int(t_cfg.get("batch", 128))
@@ -265,7 +274,8 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug)
             y = torch.from_numpy(tr.labels[idx])
             c = torch.from_numpy(child[idx]) if child is not None and objective.parent_of_child is not None else None
-            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]))
+            soft = torch.from_numpy(soft_target[idx]) if soft_target is not None else None
+            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]), soft)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -294,6 +304,22 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             torch.save(state, run_dir / "best.pt")
     log(f"best epoch {best['epoch']} by {select}: {best[select]:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f}")
     return best
+
+
+def distillation_targets(t_cfg: dict, tr: SampleSet, patch: int, log) -> np.ndarray | None:
+    """The teachers' mitosis probability for every training crop (train.teacher), or None without one."""
+    paths = t_cfg.get("teacher") or []
+    if not paths:
+        return None
+    t0 = time.time()
+    teachers = [load_teacher(p) for p in paths]
+    views = int(t_cfg.get("teacher_views", 1))
+    soft = teacher_probabilities(teachers, tr.crops, patch, views)
+    pos, neg = tr.labels == 1, tr.labels == 0
+    log(f"distillation from {', '.join(map(str, paths))} ({views} view{'s' if views > 1 else ''}): teacher's mean "
+        f"probability {soft[pos].mean():.3f} on figures, {soft[neg].mean():.3f} on negatives; "
+        f"{int((soft[neg] >= 0.5).sum())} negatives it calls figures ({time.time() - t0:.0f}s)")
+    return soft
 
 
 def _finite(value: float) -> float:
