@@ -23,11 +23,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 SHAPES = ("circle", "square")
 EPS = 1e-9  # relative: a figure on the window's edge counts as inside
-FINE = 48  # grid cells per radius for the circle search's bounds
+FINE_MIN, FINE_MAX = 16, 192  # grid cells per radius for the circle search's bounds (grid_fineness)
+GRID_WORK_PER_POINT, GRID_WORK_MAX = 3000, 1.5e8
+SWEEP_BATCH = 16  # circles swept at once on all cores; the best count found is updated between batches
 
 # The area of ten high-power fields by the microscope's field number (mm, at a 40x objective): the Nottingham
 # cut-offs for the mitotic score are tabulated per field diameter, so a lab states which it matches.
@@ -105,8 +107,8 @@ def _sweep(i, xy, r, order, skey, width, x0, y0, nb):
     """The most points on one circle of radius r with point i on its rim, and that circle's centre."""
     two_pi = 2 * math.pi
     k = _neighbours(i, xy, order, skey, width, x0, y0, 2 * r, 2 * r * (1 + EPS), nb)
-    angles = np.empty(2 * k)
-    kinds = np.empty(2 * k, np.int64)  # 0 enters (sorted first at a tie: edges count), 1 leaves
+    enters = np.empty(k)
+    leaves = np.empty(k)
     always = 0
     start = 0  # arcs that cover the angle 0 (wrapped)
     m = 0
@@ -123,20 +125,38 @@ def _sweep(i, xy, r, order, skey, width, x0, y0, nb):
         b = (theta + alpha) % two_pi
         if a > b:  # the arc wraps through 0
             start += 1
-        angles[m], kinds[m] = a, 0
-        angles[m + 1], kinds[m + 1] = b, 1
-        m += 2
+        enters[m] = a
+        leaves[m] = b
+        m += 1
+    enters = np.sort(enters[:m])  # two plain sorts, merged below: cheaper than one indirect sort of both
+    leaves = np.sort(leaves[:m])
     cur = start
     top, top_angle = start, 0.0
-    if m:
-        for e in np.argsort(angles[:m] + kinds[:m] * 1e-12):  # by angle, an enter before a leave at a tie
-            if kinds[e] == 0:
-                cur += 1
-                if cur > top:
-                    top, top_angle = cur, angles[e]
-            else:
-                cur -= 1
+    e = 0
+    lv = 0
+    while e < m:
+        if lv == m or enters[e] <= leaves[lv]:  # an enter before a leave at a tie: edges count
+            cur += 1
+            if cur > top:
+                top, top_angle = cur, enters[e]
+            e += 1
+        else:
+            cur -= 1
+            lv += 1
     return 1 + always + top, xy[i, 0] + r * math.cos(top_angle), xy[i, 1] + r * math.sin(top_angle)
+
+
+@njit(cache=True, parallel=True)
+def _sweep_many(points, xy, r, order, skey, width, x0, y0):
+    """`_sweep` for each of `points`, on all cores."""
+    m = len(points)
+    got = np.empty(m, np.int64)
+    cx = np.empty(m)
+    cy = np.empty(m)
+    for t in prange(m):
+        nb = np.empty(len(xy), np.int64)
+        got[t], cx[t], cy[t] = _sweep(points[t], xy, r, order, skey, width, x0, y0, nb)
+    return got, cx, cy
 
 
 @njit(cache=True)
@@ -148,10 +168,11 @@ def _best_circle(xy: np.ndarray, r: float, fine: int):
     of it). Cells are visited by that bound, highest first; the points within r
     of a visited cell are swept (some optimal circle has one on its rim and its
     centre in some cell); the search stops when no cell's bound beats the best.
+    Sweeps run in batches on all cores; taking their results in visiting order
+    gives the same circle as one at a time. Also returns how many were swept.
     """
     n = len(xy)
     order, skey, width, x0, y0 = _buckets(xy, 2 * r)
-    nb = np.empty(n, np.int64)
     h = r / fine
     reach = fine + 1  # cells from a centre cell to the farthest cell a circle can touch
     fx0, fy0 = x0 - r, y0 - r
@@ -194,8 +215,11 @@ def _best_circle(xy: np.ndarray, r: float, fine: int):
     sorted_cells = cell[by_cell]
     swept = np.zeros(n, np.bool_)
     best, bx, by = 1, xy[0, 0], xy[0, 1]
+    pending = np.empty(SWEEP_BATCH, np.int64)
+    waiting = 0
+    sweeps = 0
     for c in np.argsort(-bound):
-        if bound[c] <= best:
+        if bound[c] <= best:  # a best lower than it will be once the waiting sweeps are in: never stops too early
             break
         cy, cx = c // nx, c % nx
         for dy in range(-reach, reach + 1):
@@ -220,9 +244,25 @@ def _best_circle(xy: np.ndarray, r: float, fine: int):
                     rim = max(rim, near[sy * nx + sx])
                 if rim <= best:
                     continue
-                got, gx, gy = _sweep(p, xy, r, order, skey, width, x0, y0, nb)
-                if got > best:
-                    best, bx, by = got, gx, gy
+                pending[waiting] = p
+                waiting += 1
+                if waiting == SWEEP_BATCH:
+                    best, bx, by = _take(pending, waiting, xy, r, order, skey, width, x0, y0, best, bx, by)
+                    sweeps += waiting
+                    waiting = 0
+    best, bx, by = _take(pending, waiting, xy, r, order, skey, width, x0, y0, best, bx, by)
+    return best, bx, by, sweeps + waiting
+
+
+@njit(cache=True)
+def _take(pending, waiting, xy, r, order, skey, width, x0, y0, best, bx, by):
+    """Sweep the waiting points and keep the first circle, in visiting order, that beats `best`."""
+    if waiting == 0:
+        return best, bx, by
+    got, cx, cy = _sweep_many(pending[:waiting], xy, r, order, skey, width, x0, y0)
+    for t in range(waiting):
+        if got[t] > best:
+            best, bx, by = got[t], cx[t], cy[t]
     return best, bx, by
 
 
@@ -299,6 +339,20 @@ def find_hotspot(xy: np.ndarray, area_mm2: float, mpp: float, shape: str = "circ
     size = math.sqrt(area_px / math.pi) if shape == "circle" else math.sqrt(area_px)
     if len(xy) == 0:
         return Hotspot(0, (float("nan"), float("nan")), shape, area_mm2, size)
-    fine = FINE if len(xy) > 5000 else 16  # finer bounds pay for their grid only with many points
-    count, cx, cy = _best_circle(xy, size, fine) if shape == "circle" else _best_square(xy, size)
+    if shape == "circle":
+        count, cx, cy, _ = _best_circle(xy, size, grid_fineness(xy, size))
+    else:
+        count, cx, cy = _best_square(xy, size)
     return Hotspot(int(count), (float(cx), float(cy)), shape, area_mm2, size)
+
+
+def grid_fineness(xy: np.ndarray, r: float) -> int:
+    """Cells per radius of the circle search's bounds: finer where points are many and the slide's extent small.
+
+    A bound's slack is a ring about 4/fine of the circle's area, so crowded windows need fine cells before
+    the bound can prune a sweep; the grid costs about cells x (2 fine + 1), kept under a budget that grows
+    with the points, whose sweeps it saves.
+    """
+    extent = (np.ptp(xy[:, 0]) / r + 2) * (np.ptp(xy[:, 1]) / r + 2)  # cells per fine^2
+    budget = min(GRID_WORK_PER_POINT * len(xy), GRID_WORK_MAX)
+    return int(np.clip((budget / (2 * extent)) ** (1 / 3), FINE_MIN, FINE_MAX))
