@@ -108,7 +108,7 @@ def bench_slide(path: Path, model: Model, opts: Options, repeat: int, reader: st
         **row, "status": "ok", "megapixels": round(w * h / 1e6, 1), "tissue_mm2": rec["tissue_area_mm2"],
         "patches": rec["candidates"], "detections": rec["mitotic_count"], "runs": repeat,
         "wall_min_s": round(min(walls), 3), "wall_median_s": round(wall, 3),
-        "megapixels_per_s": round(w * h / 1e6 / wall, 1), "patches_per_s": round(rec["candidates"] / wall, 1),
+        "megapixels_per_s": round(w * h / 1e6 / wall, 3), "patches_per_s": round(rec["candidates"] / wall, 1),
         "stages_s": {s: round(v, 3) for s, v in stages.items()},
         "stage_share": {s: round(v / wall, 3) for s, v in stages.items()},
         "waits_s": {s: round(v, 3) for s, v in waits.items()},
