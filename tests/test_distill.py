@@ -84,3 +84,25 @@ def test_the_recipe_checks_the_teacher_settings(tmp_path):
         check_recipe({"train": {"teacher": "a.pt"}}, tmp_path / "r.toml")
     with pytest.raises(ValueError, match="did you mean train.teacher_views"):
         check_recipe({"train": {"teacher_view": 8}}, tmp_path / "r.toml")
+
+
+def test_every_bundled_recipe_passes_the_checks_and_the_students_teacher_loads():
+    from pathlib import Path
+
+    from mitoqp.training.model import build_model
+    from mitoqp.training.recipe import check_recipe
+    from mitoqp.training.train import load_config
+
+    root = Path(__file__).parent.parent
+    for path in sorted((root / "configs").glob("*.toml")):
+        check_recipe(load_config(path), path)
+    student = load_config(root / "configs" / "student.toml")
+    teacher = load_teacher(root / student["train"]["teacher"][0])
+    assert not teacher.training
+    # the student sees the patch at half resolution: about a quarter of the baseline network's multiply-accumulates
+    from mitoqp.training.model import count_macs
+
+    patch = student["model"]["patch"]
+    baseline = load_config(root / "configs" / "baseline.toml")
+    ratio = count_macs(build_model(student["model"]), patch) / count_macs(build_model(baseline["model"]), patch)
+    assert 0.2 < ratio < 0.3
