@@ -147,8 +147,12 @@ def variant_name(onnx_file: str, precision: str) -> str:
     return onnx_file if precision == "fp32" else onnx_file.removesuffix(".onnx") + f".{precision}.onnx"
 
 
-def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = "fp32", patch: int = 96) -> Backend:
-    """A backend for one ONNX file of a model folder, in `precision` (the folder must hold that variant)."""
+def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = "fp32", patch: int = 96,
+                 int8_weight_bits: int = 8) -> Backend:
+    """A backend for one ONNX file of a model folder, in `precision` (the folder must hold that variant).
+
+    `int8_weight_bits`: as the export recorded it (older folders: 8, exact only on CPUs with VNNI).
+    """
     kind = resolve_backend(kind)
     if kind == "tensorrt":
         from mitoqp.runtime.tensorrt_backend import load_tensorrt
@@ -166,9 +170,10 @@ def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = 
         raise ValueError(f"{onnx_path.parent} has no {precision} model ({variant.name}): "
                          f"mitoqp export -o {onnx_path.parent} --precision {precision} makes one")
     backend = OnnxRuntimeBackend(variant, threads, device="auto")
-    if precision == "int8" and backend.device == "cpu" and not int8_exact_on_cpu():
-        raise ValueError("--precision int8 needs a CPU with VNNI (avx512_vnni or avx_vnni): on this CPU ONNX "
-                         "Runtime's INT8 kernels saturate and change decisions; use --precision fp32")
+    if precision == "int8" and backend.device == "cpu" and not int8_exact_on_cpu(weight_bits=int8_weight_bits):
+        raise ValueError("this INT8 model (8-bit weights) needs a CPU with VNNI (avx512_vnni or avx_vnni): on this CPU "
+                         "ONNX Runtime's INT8 kernels saturate and change decisions; use --precision fp32, or "
+                         f"re-export it with 7-bit weights: mitoqp export -o {onnx_path.parent} --precision int8")
     if precision != "fp32":
         backend.name += f"-{precision}"
     return backend

@@ -141,7 +141,8 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
             check_variant(directory, config, onnx_file, precision, verify)
         except (KeyError, TypeError, AttributeError):
             raise ValueError(f"model config {cfg_path}: its {precision!r} precision entry is malformed") from None
-        return make_backend(backend, onnx_path, threads, precision, patch)
+        bits = int(config.get("precisions", {}).get("int8", {}).get("weight_bits", 8))
+        return make_backend(backend, onnx_path, threads, precision, patch, int8_weight_bits=bits)
 
     # an ensemble lists its members, each with its own hash; a plain model is model.onnx
     members = config.get("members") or [{"file": "model.onnx", "sha256": config["onnx_sha256"]}]

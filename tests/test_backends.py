@@ -248,11 +248,14 @@ def test_tensorrt_backend_refuses_an_engine_with_other_io():
 
 def backend_cases():
     from mitoqp.runtime.cpu_features import int8_exact_on_cpu
+    from mitoqp.runtime.model import default_model_dir
 
-    no_vnni = pytest.mark.skip(reason="x86 CPU without VNNI: ONNX Runtime's INT8 kernels saturate here, and "
-                                      "the runtime refuses INT8 (test_int8_is_refused_where_the_cpu_would_saturate)")
+    int8 = json.loads((default_model_dir() / "model.json").read_text()).get("precisions", {}).get("int8", {})
+    no_vnni = pytest.mark.skip(reason="x86 CPU without VNNI and 8-bit INT8 weights: ONNX Runtime's INT8 kernels "
+                                      "saturate here, and the runtime refuses them (test_int8_weights_are_7_bit...)")
     cases = [("onnxruntime", p) for p in ("fp32", "fp16")] + [("torch", "fp32")]
-    cases += [pytest.param("onnxruntime", "int8", marks=[] if int8_exact_on_cpu() else no_vnni)]
+    cases += [pytest.param("onnxruntime", "int8",
+                           marks=[] if int8_exact_on_cpu(weight_bits=int(int8.get("weight_bits", 8))) else no_vnni)]
     gpu = pytest.mark.skip(reason="no CUDA GPU here: the GPU backends run only where one is present")
     cases += [pytest.param("torch", "fp16", marks=gpu), pytest.param("tensorrt", "fp16", marks=gpu)]
     return cases
@@ -292,6 +295,7 @@ def test_int8_runs_on_the_cpu_only_where_vnni_makes_it_exact(tmp_path):
     from mitoqp.runtime.cpu_features import cpu_flags, int8_exact_on_cpu
 
     assert int8_exact_on_cpu({"sse2", "avx2", "fma"}, "x86_64") is False  # Zen 3, Haswell: VPMADDUBSW saturates
+    assert int8_exact_on_cpu({"sse2", "avx2", "fma"}, "x86_64", weight_bits=7) is True  # 7-bit weights cannot
     assert int8_exact_on_cpu({"avx2", "avx512f", "avx512_vnni"}, "x86_64") is True
     assert int8_exact_on_cpu({"avx2", "avx_vnni"}, "AMD64") is True
     assert int8_exact_on_cpu(set(), "aarch64") is True
@@ -301,15 +305,35 @@ def test_int8_runs_on_the_cpu_only_where_vnni_makes_it_exact(tmp_path):
     assert cpu_flags(tmp_path / "absent") is None
 
 
-def test_int8_is_refused_where_the_cpu_would_saturate(monkeypatch):
-    import mitoqp.runtime.cpu_features as features
-    from mitoqp.runtime.model import default_model_dir
+def test_int8_weights_are_7_bit_and_only_8_bit_ones_are_refused_where_the_cpu_would_saturate(tmp_path, tiny_model_dir,
+                                                                                                monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
 
-    cfg = json.loads((default_model_dir() / "model.json").read_text())
-    if not cfg.get("precisions", {}).get("int8", {}).get("kept"):
-        pytest.skip("the bundled model has no int8 variant")
-    monkeypatch.setattr(features, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+    import mitoqp.runtime.cpu_features as features
+    from mitoqp.export.precision import quantize_int8
+    from mitoqp.runtime.model import sha256_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "model.json").read_text())
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", patches(32, int(cfg["input_size"])))
+    graph = onnx.load(str(folder / "model.int8.onnx")).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and all(w.min() >= -64 and w.max() <= 63 for w in weights)  # 7 bits: no 16-bit saturation
+    entry = {"kept": True, "files": {"model.onnx": {"file": "model.int8.onnx", "kept": True,
+                                                    "sha256": sha256_file(folder / "model.int8.onnx")}}}
+
+    def write(**extra):
+        (folder / "model.json").write_text(json.dumps({**cfg, "precisions": {"int8": {**entry, **extra}}}))
+
+    monkeypatch.setattr(features, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})  # x86 without VNNI
     monkeypatch.setattr(features.platform, "machine", lambda: "x86_64")
-    with pytest.raises(ValueError, match="needs a CPU with VNNI"):
-        load_model(default_model_dir(), backend="onnxruntime", precision="int8")
-    assert load_model(default_model_dir(), backend="onnxruntime", precision="fp32").backend is not None
+    write(weight_bits=7)
+    assert load_model(folder, backend="onnxruntime", precision="int8").backend.name.endswith("-int8")
+    write()  # a folder exported before 7-bit weights: 8 bits
+    with pytest.raises(ValueError, match="needs a CPU with VNNI.*--precision int8"):
+        load_model(folder, backend="onnxruntime", precision="int8")
+    assert load_model(folder, backend="onnxruntime", precision="fp32").backend is not None
+    monkeypatch.setattr(features, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
+    assert load_model(folder, backend="onnxruntime", precision="int8").backend is not None
