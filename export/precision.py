@@ -6,7 +6,7 @@ are strongly typed, needs for FP16. INT8 is ONNX Runtime's static
 quantisation in QDQ form (explicit quantise/dequantise nodes: what ONNX
 Runtime runs on the CPU and TensorRT 10 and 11 take as explicit INT8),
 calibrated on real validation patches, with 7-bit weights (INT8_WEIGHT_BITS): a
-uint8 activation times a weight in [-64, 63], summed in pairs, stays inside the
+uint8 activation times a weight in [-64, 64], summed in pairs, stays inside the
 16-bit range that ONNX Runtime's kernels use on x86 CPUs without VNNI, so the
 same graph is exact on every CPU (runtime/cpu_features.py). A variant is kept only when no mitosis
 decision at the model's threshold differs from FP32 on the check patches;

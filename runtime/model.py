@@ -139,9 +139,10 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
             raise ValueError(f"{onnx_path} does not match the sha256 in its model.json")
         try:
             check_variant(directory, config, onnx_file, precision, verify)
+            bits = int(config["precisions"]["int8"].get("weight_bits", 8)) if precision == "int8" and \
+                "int8" in config.get("precisions", {}) else 8
         except (KeyError, TypeError, AttributeError):
             raise ValueError(f"model config {cfg_path}: its {precision!r} precision entry is malformed") from None
-        bits = int(config.get("precisions", {}).get("int8", {}).get("weight_bits", 8))
         return make_backend(backend, onnx_path, threads, precision, patch, int8_weight_bits=bits)
 
     # an ensemble lists its members, each with its own hash; a plain model is model.onnx
