@@ -77,30 +77,42 @@ def test_empty_and_bad_input():
 
 def every_sweep(xy: np.ndarray, r: float) -> int:
     """No pruning: the angular sweep around every point (some optimal circle has a point on its rim)."""
-    from mitoqp.hotspot import _buckets, _sweep_many
+    from scipy.spatial import cKDTree
 
-    order, skey, width, x0, y0 = _buckets(xy, 2 * r)
-    return int(_sweep_many(np.arange(len(xy)), xy, r, order, skey, width, x0, y0)[0].max())
+    tree, best = cKDTree(xy), 0
+    for i, near in enumerate(tree.query_ball_point(xy, 2 * r * (1 + 1e-9))):
+        d = xy[[j for j in near if j != i]] - xy[i]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        same = dist <= 2 * r * 1e-9
+        theta, alpha = np.arctan2(d[~same, 1], d[~same, 0]), np.arccos(np.minimum(1, dist[~same] / (2 * r * (1 + 1e-9))))
+        enter, leave = (theta - alpha) % (2 * np.pi), (theta + alpha) % (2 * np.pi)
+        events = np.concatenate([np.stack([enter, -np.ones_like(enter)], 1), np.stack([leave, np.ones_like(leave)], 1)])
+        events = events[np.lexsort((events[:, 1], events[:, 0]))]  # enters before leaves at a tie
+        depth = (enter > leave).sum() - np.cumsum(events[:, 1]) if len(events) else np.zeros(1)
+        best = max(best, 1 + int(same.sum()) + int(max(depth.max(), (enter > leave).sum())))
+    return best
 
 
-@pytest.mark.parametrize("layout", ["lattice", "crowded", "cluster"])
-def test_pruned_batched_search_matches_sweeping_every_point(layout):
-    """Thousands of points: the grid of bounds (its fineness chosen from the layout) and the sweeps batched
-    on all cores must still find the best circle."""
-    from mitoqp.hotspot import _best_circle, grid_fineness
+@pytest.mark.parametrize("layout", ["lattice", "crowded", "cluster", "ring"])
+def test_branch_and_bound_matches_sweeping_every_point(layout):
+    """Thousands of points: the bounds over cells of centres and the exact solve of the last cells must still find
+    the best circle, on layouts where many circles tie (a lattice), all overlap (crowded), or many points share
+    one rim (a ring: the cells around its centre never run out of undecided points)."""
+    from mitoqp.hotspot_circle import best_circle
 
     rng = np.random.default_rng(7)
+    r = math.sqrt(2.0 / math.pi) * 1000 / 0.25
     if layout == "lattice":  # tiled fields: many circles tie at the best count
         xy = np.stack(np.meshgrid(np.arange(45) * 310.0, np.arange(40) * 290.0), -1).reshape(-1, 2)
     elif layout == "crowded":
         xy = rng.uniform(0, 9000, (1800, 2))
+    elif layout == "ring":
+        t = rng.uniform(0, 2 * np.pi, 300)
+        xy = np.concatenate([np.stack([np.cos(t), np.sin(t)], 1) * r + 10000, rng.uniform(0, 20000, (400, 2))])
     else:
         xy = np.concatenate([rng.uniform(0, 40000, (2500, 2)), rng.normal(20000, 1500, (700, 2))])
         xy[-4:] = xy[:4]  # duplicates
     xy = np.ascontiguousarray(xy)
-    r = math.sqrt(2.0 / math.pi) * 1000 / 0.25
-    count, cx, cy, swept = _best_circle(xy, r, grid_fineness(xy, r))
+    count, cx, cy, solved = best_circle(xy, r)
     assert count == every_sweep(xy, r)
     assert (np.hypot(xy[:, 0] - cx, xy[:, 1] - cy) <= r * (1 + 1e-7)).sum() == count
-    if layout == "cluster":
-        assert swept < len(xy) / 4  # the bounds pruned most sweeps
