@@ -1,7 +1,7 @@
 """An ensemble model folder: several exported members whose outputs the runtime averages.
 
 Each member is exported and parity-checked on its own; the ensemble's mitosis
-threshold (best HPF-equivalent F1) and atypical threshold (best balanced
+threshold (best HPF-equivalent F1 with a fitted false-detection rate) and atypical threshold (best balanced
 accuracy) are chosen for the averaged output on the validation fields.
 """
 
@@ -16,11 +16,8 @@ from mitoqp.runtime.model import members_sha256
 
 
 def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray, val_fields: list) -> dict:
-    from mitoqp.evaluate import MATCH_RADIUS_UM, run_fields
     from mitoqp.export.onnx_export import export_model
-    from mitoqp.metrics import froc
-    from mitoqp.runtime.model import load_model
-    from mitoqp.training.train import balanced_accuracy_threshold
+    from mitoqp.export.thresholds import choose_thresholds
 
     members = [export_model(ck, out_dir, patches, onnx_name=f"member{i}.onnx") for i, ck in enumerate(checkpoints)]
     first = members[0]
@@ -41,19 +38,4 @@ def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray,
     )
     write_json_atomic(out_dir / "model.json", config)
     (out_dir / "model.onnx").unlink(missing_ok=True)  # a folder is one model or one ensemble, never both
-    outs = run_fields(val_fields, load_model(out_dir, subtype_floor=0.0))
-    area = sum(o.area_mm2 for o in outs)
-    best = max(froc([o.match for o in outs], area), key=lambda p: (p["hpf_f1"], p["threshold"]))
-    config["threshold"] = float(best["threshold"])
-    config["validation_metrics"] = best
-    if "atypical" in config["outputs"]:
-        truth, score = [], []
-        for o in outs:
-            d = np.hypot(*(o.xy - 64.0).T) if len(o.xy) else np.zeros(0)
-            if len(d) and d.min() <= MATCH_RADIUS_UM / o.field.mpp:
-                truth.append(int(o.field.atypical))
-                score.append(float(o.atypical[int(np.argmin(d))]))
-        bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
-        config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
-    write_json_atomic(out_dir / "model.json", config)
-    return config
+    return choose_thresholds(out_dir, config, val_fields)

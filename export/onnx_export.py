@@ -240,7 +240,8 @@ def carry_subtype(source_dir: Path, out_dir: Path, patches: np.ndarray) -> dict:
 
 
 def drop_precisions(out_dir: Path, config: dict) -> None:
-    """Remove the folder's FP16/INT8 variants, files and entries, when a subtype model or prefilter joins it.
+    """Remove the folder's FP16/INT8 variants, files and entries, when a subtype model or prefilter joins it or
+    the threshold is chosen again.
 
     A precision is checked over every file of the model; left in place, `--precision int8` would
     run a replaced model's old variant. `mitoqp export -o DIR --precision fp16,int8` makes new ones.
@@ -281,7 +282,7 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
 
 def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
                 subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None,
-                prefilter: Path | None = None) -> dict:
+                prefilter: Path | None = None, rethreshold: bool = False) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
 
     No checkpoint: add to the folder in `out_dir` (a subtype model, a prefilter, precision variants).
@@ -293,9 +294,9 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
-    if not checkpoints and subtype is None and prefilter is None and not precisions and not model_id:
-        raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision to add to the model "
-                         "folder in -o")
+    if not checkpoints and subtype is None and prefilter is None and not precisions and not model_id and not rethreshold:
+        raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision / --rethreshold to add "
+                         "to the model folder in -o")
     first = checkpoints[0] if checkpoints else subtype or prefilter
     if first is not None and not first.is_dir():
         _, ckpt = load_checkpoint(first)
@@ -331,6 +332,16 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
 
         config = attach_prefilter(out_dir, prefilter, patches, fields)
         print(json.dumps({"prefilter": {k: config["prefilter"][k] for k in ("threshold", "parity", "validation")}}))
+    if rethreshold:  # before the precisions: their decisions are checked at the threshold
+        if not fields:
+            raise ValueError("--rethreshold chooses the threshold on the AMi-Br validation split: give --amibr")
+        from mitoqp.export.thresholds import choose_thresholds
+
+        before = config["threshold"]
+        drop_precisions(out_dir, config)  # checked at the old threshold
+        config = choose_thresholds(out_dir, config, fields, atypical=False, again=True)
+        print(json.dumps({"threshold": config["threshold"], "threshold_before": before,
+                          "rule": config["validation_metrics"].get("threshold_rule", "best HPF-F1")}))
     if precisions:
         config["precisions"] = add_precisions(out_dir, config, precisions, patches)
         write_json_atomic(out_dir / "model.json", config)

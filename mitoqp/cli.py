@@ -181,9 +181,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         from mitoqp.runtime.model import load_model
 
         if (args.checkpoints or args.subtype or args.prefilter or args.id or [p for p in precisions if p != "fp32"]
-                or not args.engine):
+                or args.rethreshold or not args.engine):
             main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id,
-                        args.prefilter)
+                        args.prefilter, args.rethreshold)
         if args.engine:  # TensorRT engines now, not on a slide's first batch
             for p in precisions or ["fp32"]:
                 model = load_model(args.out, backend="tensorrt", precision=p)
@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write these precisions (FP16 graph; INT8 calibrated on validation patches), each kept "
                         "only if no decision differs from FP32")
     e.add_argument("--id", default=None, help="the model's id in model.json (default: the folder's name)")
+    e.add_argument("--rethreshold", action="store_true",
+                   help="choose the detection threshold again on the validation fields, through the runtime, by the "
+                        "current rule (for a model exported before the rule changed); give --precision again to "
+                        "re-check the precisions at it")
     e.add_argument("--engine", action="store_true",
                    help="build the TensorRT engines of the folder's precisions ahead of time (needs TensorRT and a GPU)")
     e.set_defaults(func=cmd_export)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, best_threshold, hpf_equivalent, match_detections, operating_point,
-                            roc_auc, sensitivity_at_fpr)
+from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, best_threshold, fitted_fp_rate, hpf_equivalent,
+                            match_detections, operating_point, roc_auc, sensitivity_at_fpr, smoothed_threshold)
 
 
 def test_one_to_one_matching_counts_duplicates_as_false():
@@ -54,6 +54,39 @@ def test_best_threshold_prefers_fewer_false_detections():
     m = match_detections([[0, 0], [100, 100]], [0.9, 0.6], [[0, 0]], 30)
     best = best_threshold([m], 0.001)
     assert best["threshold"] > 0.6 and best["recall"] == 1.0 and best["fp"] == 0
+
+
+def test_fitted_fp_rate_recovers_an_exponential_tail():
+    """Negatives whose logits are exponential above 0 with rate 2: the fitted rate above the highest one is the
+    true expected rate (within sampling error), where the count says 0."""
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(50):
+        z = rng.exponential(0.5, 2000)
+        fit = fitted_fp_rate(1 / (1 + np.exp(-z)), area_mm2=1.0, tail=200)
+        t = 1 / (1 + np.exp(-(z.max() + 1.0)))  # above every negative
+        expected = 2000 * np.exp(-2 * (z.max() + 1.0))
+        errors.append(fit(np.array([t]))[0] / expected)
+    assert 0.8 < np.median(errors) < 1.25
+    assert fitted_fp_rate(np.array([0.5, 0.6]), 1.0) is None  # too few to fit
+    below = fitted_fp_rate(np.linspace(0.01, 0.99, 99), 2.0, tail=20)(np.array([0.5]))[0]
+    assert below == pytest.approx(50 / 2.0)  # below the tail: the count
+
+
+def test_smoothed_threshold_does_not_stop_just_above_the_top_negative():
+    """Positives well above the negatives: the plain rule stops just above the highest negative (0 counted false
+    detections); the fitted rate still falls above it, so the smoothed rule goes higher while recall holds."""
+    rng = np.random.default_rng(1)
+    neg = 1 / (1 + np.exp(-rng.normal(-3, 1.2, 400)))
+    pos = 1 / (1 + np.exp(-rng.normal(6, 1.0, 100)))
+    m = Match(np.r_[pos, neg], np.r_[np.ones(100, bool), np.zeros(400, bool)], np.zeros(500, bool), pos)
+    plain, smooth = best_threshold([m], 0.3), smoothed_threshold([m], 0.3)
+    next_up = np.sort(pos[pos > neg.max()])[0]
+    assert plain["fp"] == 0 and plain["threshold"] == pytest.approx((neg.max() + next_up) / 2)
+    assert smooth["threshold"] > plain["threshold"] and smooth["fp"] == 0
+    assert smooth["fp_per_mm2_fitted"] < 1.0 and smooth["recall"] > 0.9
+    few = Match(np.array([0.9, 0.2]), np.array([True, False]), np.zeros(2, bool), np.array([0.9]))
+    assert smoothed_threshold([few], 0.3)["threshold"] == best_threshold([few], 0.3)["threshold"]
 
 
 def test_auc_and_sensitivity_at_fpr():

@@ -388,6 +388,30 @@ def test_ensemble_export_averages_members_and_checks_their_hashes(tiny_subtype_m
         load_model(tmp_path / "ens")
 
 
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_rethreshold_chooses_the_threshold_on_validation_by_the_smoothed_rule(tiny_model_dir, tmp_path):
+    import shutil
+
+    from mitoqp.datasets import read_amibr
+    from mitoqp.evaluate import run_fields
+    from mitoqp.export.thresholds import choose_thresholds
+    from mitoqp.metrics import smoothed_threshold
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    val = read_amibr(ROOT.parent / "shared" / "data" / "ami-br", None, {"validation"})[:12]
+    config = json.loads((folder / "model.json").read_text())
+    before = config["threshold"]
+    cfg = choose_thresholds(folder, config, val, atypical=False, again=True)
+    outs = run_fields(val, load_model(tiny_model_dir))
+    expected = smoothed_threshold([o.match for o in outs], sum(o.area_mm2 for o in outs))["threshold"]
+    assert cfg["threshold"] == pytest.approx(expected)
+    stored = json.loads((folder / "model.json").read_text())
+    assert stored["threshold"] == cfg["threshold"] and load_model(folder).threshold == pytest.approx(expected)
+    assert stored["validation_metrics"]["threshold_before"] == before
+    assert "epoch" in stored["validation_metrics"]  # the training-time record is kept beside the new point
+
+
 def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, tiny_subtype_model_dir, tmp_path):
     import shutil
 

@@ -3,8 +3,9 @@
 Fixed seeds; a run folder holding the config, a log, metrics per epoch and
 the checkpoint of the best validation epoch (by HPF-equivalent F1, or by the
 smoother mean recall over 1-64 false detections per mm^2). The decision
-threshold (and the atypical one, with a subtype head) is chosen on validation
-at that epoch and stored in the checkpoint.
+threshold (best HPF-equivalent F1 with a fitted false-detection rate,
+metrics.smoothed_threshold; the atypical one, with a subtype head, by balanced
+accuracy) is chosen on validation at that epoch and stored in the checkpoint.
 
 MitDet's options: child classes and centre loss (InCDP), DGSB after a
 parent-only first phase, SE blocks and EFDMix in the backbone; see configs/.
@@ -26,7 +27,7 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.roi import read_roi
 from mitoqp.training.recipe import check_recipe
-from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc
+from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc, smoothed_threshold
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
 from mitoqp.training.distill import distill_loss, load_teacher, teacher_probabilities
@@ -121,16 +122,16 @@ def balanced_accuracy_threshold(scores: np.ndarray, atypical: np.ndarray) -> tup
 
 
 def froc_summary(matches: list[Match], area_mm2: float) -> dict:
-    """The best HPF-equivalent F1's operating point (ties: the higher threshold), with `mean_recall` over 1-64 FP/mm^2."""
+    """The operating point of `smoothed_threshold`, with `mean_recall` over 1-64 FP/mm^2."""
     points = froc(matches, area_mm2)
-    best = max(points, key=lambda p: (p["hpf_f1"], p["threshold"]))
+    best = smoothed_threshold(matches, area_mm2)
     best["mean_recall"] = float(np.mean([max((p["recall"] for p in points if p["fp_per_mm2"] <= level), default=0.0)
                                          for level in MEAN_RECALL_LEVELS]))
     return best
 
 
 def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_px: float, nms_px: float) -> dict:
-    """Validation metrics; the threshold is the best HPF-equivalent F1's (ties: the higher threshold).
+    """Validation metrics; the threshold maximises HPF-equivalent F1 with a fitted false-detection rate.
 
     `mean_recall` (recall averaged over 1-64 false detections per mm^2) is the smoother
     criterion for choosing an epoch: validation's 0.3 mm^2 make the F1 at one threshold noisy.
