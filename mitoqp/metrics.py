@@ -135,7 +135,7 @@ def fitted_fp_rate(neg_scores: np.ndarray, area_mm2: float, tail: int = TAIL_NEG
         t = np.clip(np.asarray(thresholds, np.float64), 1e-7, 1 - 1e-7)
         lt = np.log(t) - np.log1p(-t)
         n = len(counted) - np.searchsorted(counted, t, side="left")  # negatives scoring >= t
-        return np.where(lt > u, k * np.exp(-rate * (lt - u)), n) / area_mm2
+        return np.where(lt > u, k * np.exp(-rate * np.maximum(lt - u, 0.0)), n) / area_mm2
 
     return fp_per_mm2
 
