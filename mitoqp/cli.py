@@ -22,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         model = load_model(args.model, backend=args.backend, threads=args.threads, tta=args.tta, precision=args.precision,
-                           prefilter=args.prefilter)
+                           prefilter=args.prefilter, threshold=args.threshold)
         roi = read_roi(args.roi) if args.roi else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -49,7 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ray = RaySettings(args.address, args.ray_cpus_per_slide, gpus, args.ray_memory_gb,
                           model_args={"directory": str(model.directory), "backend": args.backend,
                                       "threads": args.threads or max(1, round(args.ray_cpus_per_slide)),
-                                      "tta": args.tta, "precision": args.precision, "prefilter": args.prefilter})
+                                      "tta": args.tta, "precision": args.precision, "prefilter": args.prefilter,
+                                      "threshold": args.threshold})
     elif args.address:
         print("error: --address goes with --executor ray", file=sys.stderr)
         return 2

@@ -41,8 +41,9 @@ class EnsembleBackend:
 class SubtypeJoin:
     """A detector's mitosis probability beside a second model's atypical probability (its output `column`).
 
-    The subtype model runs only on patches the detector scores at least `floor` (NaN elsewhere): far
-    below any detection threshold, so every detection has its subtype, at a fraction of the cost.
+    The subtype model runs only on patches the detector scores at least `floor` (NaN elsewhere): a run
+    sets it to its threshold (or far below it with TTA), so every detection has its subtype and the
+    subtype model costs nothing on the candidates that are not figures.
     """
 
     def __init__(self, detector: Backend, subtype: Backend, column: int = 1, floor: float = 0.0):
@@ -53,7 +54,7 @@ class SubtypeJoin:
         det = self.detector.predict(patches)[:, :1]
         out = np.full((len(det), 2), np.nan, np.float32)
         out[:, 0] = det[:, 0]
-        ask = np.flatnonzero(det[:, 0] >= self.floor)
+        ask = np.flatnonzero(out[:, 0] >= self.floor)  # the float32 score the run compares with its threshold
         if len(ask):
             out[ask, 1] = self.subtype.predict(patches[ask])[:, self.column]
         return out

@@ -13,7 +13,7 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, PrefilterCascade, SubtypeJoin, make_backend
 
 
-SUBTYPE_FLOOR = 0.25  # detector score from which a joined subtype model is asked (thresholds lie far above)
+SUBTYPE_FLOOR = 0.25  # with TTA: the detector score from which a joined subtype model is asked in each view
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Model:
     directory: Path
     config: dict
     backend: Backend
+    subtype_floor: float = 0.0  # the detector score from which the subtype model is asked (a run's lowest threshold)
 
     @property
     def id(self) -> str:
@@ -108,12 +109,15 @@ def check_variant(directory: Path, config: dict, onnx_file: str, precision: str,
 
 
 def load_model(directory: Path | str | None = None, backend: str = "auto", threads: int = 0, verify: bool = True,
-               tta: int = 1, precision: str = "fp32", subtype_floor: float | None = None, prefilter: bool = True) -> Model:
+               tta: int = 1, precision: str = "fp32", subtype_floor: float | None = None, prefilter: bool = True,
+               threshold: float | None = None) -> Model:
     """Load an exported model folder (or a model by its registry name); checks the files against their hashes.
 
     `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
     (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch;
-    `prefilter`: run the folder's prefilter cascade, where it has one (False: the detector on every patch).
+    `prefilter`: run the folder's prefilter cascade, where it has one (False: the detector on every patch);
+    `threshold`: the detection threshold the run will use (None: the folder's), which decides which
+    patches a joined subtype model sees (`subtype_floor`, when given, overrides that).
     """
     from mitoqp.runtime.registry import resolve_model
 
@@ -153,17 +157,31 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     runners = [file_backend(m["file"], m["sha256"]) for m in members]
     runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
     sub = config.get("subtype_model")
+    floor = 0.0
     if sub:  # a second model in the folder gives the atypical probability
-        floor = float(config.get("subtype_floor", SUBTYPE_FLOOR)) if subtype_floor is None else subtype_floor
+        floor = subtype_floor if subtype_floor is not None else run_subtype_floor(config, tta, threshold)
         runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)), floor)
     runner = DihedralTTA(runner, tta) if tta > 1 else runner
     pre = config.get("prefilter")
     if pre:  # once per patch, outside the TTA views: it decides which patches the full model sees
         runner = PrefilterCascade(file_backend(pre["file"], pre["sha256"]), runner, float(pre["threshold"]),
                                   2 if "atypical" in config.get("outputs", []) else 1)
-    model = Model(directory, config, runner)
+    model = Model(directory, config, runner, floor)
     check_io(model, cfg_path)
     return model
+
+
+def run_subtype_floor(config: dict, tta: int, threshold: float | None) -> float:
+    """The detector score from which a run asks the subtype model: only detections carry a subtype.
+
+    Without TTA that is the run's threshold itself, the one comparison that makes a detection (float32
+    scores against the same number), so every detection and nothing else is asked. With TTA each view
+    gates on its own score before the views are averaged, so the floor stays far below the threshold.
+    """
+    run_threshold = float(config["threshold"]) if threshold is None else float(threshold)
+    if tta == 1:
+        return run_threshold
+    return min(float(config.get("subtype_floor", SUBTYPE_FLOOR)), run_threshold)
 
 
 def check_config(config, cfg_path: Path) -> None:

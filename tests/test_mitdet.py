@@ -506,3 +506,47 @@ def test_a_new_detector_carries_over_the_subtype_model_of_an_exported_folder(tin
         f.write(b"\0")
     assert main(["export", "--subtype", str(old), "-o", str(new)]) == 1
     assert "sha256" in capsys.readouterr().err
+
+
+def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_model_dir, tiny_subtype_model_dir,
+                                                                           tmp_path):
+    """The subtype model costs 4x the detector: a run asks it exactly for the patches that become detections."""
+    import shutil
+
+    from PIL import Image
+
+    from mitoqp.export.onnx_export import attach_subtype
+    from mitoqp.pipeline import Options, analyse_slide
+    from mitoqp.slide import open_slide
+
+    folder = tmp_path / "joined"
+    shutil.copytree(tiny_model_dir, folder)
+    rng = np.random.default_rng(3)
+    tiles = [synthetic_field(rng, 128, atypical=i % 3 == 0)[0] for i in range(16)]
+    Image.fromarray(np.vstack([np.hstack(tiles[r * 4:r * 4 + 4]) for r in range(4)])).save(tmp_path / "f.png")
+    attach_subtype(folder, tiny_subtype_model_dir.parent / "run" / "best.pt",
+                   np.stack([t[48:80, 48:80] for t in tiles]))
+    with open_slide(tmp_path / "f.png") as slide:
+        every = analyse_slide(slide, load_model(folder, subtype_floor=0.0), Options(mpp=0.25))
+        assert np.isfinite(every.atypical).all()
+        t = float(np.median(every.scores))  # half the candidates become detections
+        model = load_model(folder, threshold=t)
+        assert model.subtype_floor == t and load_model(folder).subtype_floor == model.threshold
+        run = analyse_slide(slide, model, Options(mpp=0.25, threshold=t))
+        with pytest.raises(ValueError, match="subtype"):  # detections below the floor would lack their subtype
+            analyse_slide(slide, model, Options(mpp=0.25, threshold=t / 2))
+    np.testing.assert_array_equal(run.xy, every.xy)
+    np.testing.assert_array_equal(run.scores, every.scores)
+    assert 0 < run.count < len(run.scores)
+    np.testing.assert_allclose(run.atypical[run.detected], every.atypical[run.detected], atol=1e-6)
+    assert np.isnan(run.atypical[~run.detected]).all()  # never asked
+    at = float(np.median(every.atypical[run.detected]))
+    assert run.atypical_count(at) == int((run.detected & (every.atypical >= at)).sum()) > 0
+    # with TTA each view gates on its own score, so the floor stays below the threshold
+    assert load_model(folder, tta=2, threshold=t).subtype_floor == min(0.25, t)
+    # `mitoqp run --threshold` loads the model for that threshold: every figure written has its subtype
+    out = tmp_path / "out"
+    assert main(["run", "-q", str(tmp_path / "f.png"), "-o", str(out), "--model", str(folder), "--mpp", "0.25",
+                 "--threshold", repr(t)]) == 0
+    feats = json.loads((out / "f.geojson").read_text())["features"]
+    assert len(feats) == run.count and all("atypical_score" in f["properties"]["measurements"] for f in feats)
