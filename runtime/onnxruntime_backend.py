@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,10 @@ class OnnxRuntimeBackend:
         # batches vary in size (a window's last one); a memory pattern is cached per input shape, which grew
         # a batch's memory by about 1.5 MB a slide without end (benchmarks/RESULTS.md, "Soak")
         opts.enable_mem_pattern = False
+        if device == "cpu" and os.environ.get("MITOQP_ORT_SPIN", "0") != "1":
+            # idle pool threads spinning for work take the cores the front end needs beside the model:
+            # 1.17x the whole-run throughput on 2 cores (benchmarks/RESULTS.md, "ONNX Runtime threads")
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=[PROVIDERS[device]])
         except Exception as exc:
