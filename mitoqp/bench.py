@@ -22,6 +22,7 @@ import numpy as np
 
 from mitoqp.batch import RunConfig, expand_inputs, output_name, process_slide, versions
 from mitoqp.candidates import find_candidates
+from mitoqp.dense import tiles_per_batch
 from mitoqp.io_utils import write_json_atomic
 from mitoqp.pipeline import Options
 from mitoqp.runtime.model import Model
@@ -37,8 +38,10 @@ def warm_up(model: Model, batch: int) -> float:
     rng = np.random.default_rng(0)
     rgb = rng.integers(60, 250, (512, 512, 3), dtype=np.uint8)
     find_candidates(hematoxylin(rgb), model.mpp, model.candidates)
+    if model.kind == "dense":  # a run sends a dense model only as many tiles as fit BATCH_PIXELS at once
+        batch = tiles_per_batch(model.patch, batch)
     patches = rng.integers(0, 256, (batch, model.patch, model.patch, 3), dtype=np.uint8)
-    for n in (batch, 7, batch):
+    for n in (batch, min(7, batch), batch):
         model.backend.predict(patches[:n])
     return time.perf_counter() - t
 

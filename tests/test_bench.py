@@ -29,3 +29,19 @@ def test_bench_reports_wall_time_stages_throughput_and_memory(tiny_model_dir, tm
     assert set(ok["stages_s"]) == set(STAGES) and ok["stages_s"]["model"] > 0
     assert all(0 <= v <= 1.5 for v in ok["stage_share"].values())
     assert "field" in out and "not timed" in out
+
+
+def test_the_warm_up_sends_a_dense_model_no_more_tiles_than_a_run_does(tmp_path):
+    """256 tiles of 1024 px at once took a dense model past 24 GB before the first slide (OOM-killed)."""
+    from test_dense import darkness_model
+
+    from mitoqp.bench import warm_up
+    from mitoqp.dense import tiles_per_batch
+    from mitoqp.runtime.model import load_model
+
+    model = load_model(darkness_model(tmp_path / "d", tile=256))
+    sizes = []
+    real = model.backend.predict
+    model.backend.predict = lambda x: sizes.append(len(x)) or real(x)
+    warm_up(model, 256)
+    assert sizes and max(sizes) == tiles_per_batch(256, 256) == 128
