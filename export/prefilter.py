@@ -20,8 +20,10 @@ import numpy as np
 from mitoqp.candidates import CandidateParams
 from mitoqp.io_utils import atomic_path, write_json_atomic
 from mitoqp.patches import extract_patches
-from mitoqp.runtime.model import SUBTYPE_FLOOR, load_model
+from mitoqp.runtime.model import load_model
 from mitoqp.training.samples import field_candidates
+
+KEEP_ABOVE = 0.25  # the prefilter passes every validation candidate the detector scores this high
 
 
 def validation_scores(fields, detector, prefilter, patch: int, params: CandidateParams) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +48,7 @@ def choose_threshold(det: np.ndarray, pre: np.ndarray, keep_above: float) -> flo
 
 
 def attach_prefilter(out_dir: Path, checkpoint: Path, patches: np.ndarray, val_fields: list,
-                     keep_above: float = SUBTYPE_FLOOR) -> dict:
+                     keep_above: float = KEEP_ABOVE) -> dict:
     """Export `checkpoint` as the prefilter of the model folder `out_dir`, its threshold chosen on `val_fields`."""
     from mitoqp.export.onnx_export import drop_precisions, export_model
 

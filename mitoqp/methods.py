@@ -86,7 +86,8 @@ def bench_seconds(model: Model, slide: Path) -> float:
 
 
 def earlier_report(out: Path, model: Model, args) -> dict | None:
-    """An evaluation already in `out` of this very model (same sha256) under the same options, to reuse."""
+    """An evaluation already in `out` of this very model (same sha256 and threshold: `--rethreshold` keeps the
+    files) under the same options, to reuse."""
     import json
 
     path = out / "evaluation.json"
@@ -97,7 +98,9 @@ def earlier_report(out: Path, model: Model, args) -> dict | None:
     except (OSError, ValueError):
         return None
     opts = report.get("options", {})
-    same = (report.get("model", {}).get("sha256") == model.sha256 and opts.get("tta", 1) == getattr(args, "tta", 1)
+    threshold = model.threshold if getattr(args, "threshold", None) is None else float(args.threshold)
+    same = (report.get("model", {}).get("sha256") == model.sha256 and report.get("threshold") == threshold
+            and opts.get("tta", 1) == getattr(args, "tta", 1)
             and bool(opts.get("stain_normalise")) == bool(getattr(args, "stain_normalise", False))
             and opts.get("limit") == getattr(args, "limit", None) and opts.get("splits", DEFAULT_SPLITS) == getattr(args, "splits", None))
     if same:

@@ -42,8 +42,8 @@ class SubtypeJoin:
     """A detector's mitosis probability beside a second model's atypical probability (its output `column`).
 
     The subtype model runs only on patches the detector scores at least `floor` (NaN elsewhere): a run
-    sets it to its threshold (or far below it with TTA), so every detection has its subtype and the
-    subtype model costs nothing on the candidates that are not figures.
+    sets it to its threshold, so every detection has its subtype and the subtype model costs nothing on
+    the candidates that are not figures. With TTA both backends come wrapped in their views.
     """
 
     def __init__(self, detector: Backend, subtype: Backend, column: int = 1, floor: float = 0.0):

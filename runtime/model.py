@@ -13,15 +13,12 @@ from mitoqp.candidates import CandidateParams
 from mitoqp.runtime.backend import Backend, DihedralTTA, EnsembleBackend, PrefilterCascade, SubtypeJoin, make_backend
 
 
-SUBTYPE_FLOOR = 0.25  # with TTA: the detector score from which a joined subtype model is asked in each view
-
-
 @dataclass
 class Model:
     directory: Path
     config: dict
     backend: Backend
-    subtype_floor: float = 0.0  # the detector score from which the subtype model is asked (a run's lowest threshold)
+    subtype_floor: float = 0.0  # the detector score from which the subtype model is asked: the run's threshold
 
     @property
     def id(self) -> str:
@@ -116,8 +113,9 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     `backend`: auto, tensorrt, onnxruntime or torch; `precision`: fp32, fp16 or int8 where the folder
     (or TensorRT) has it; `tta` > 1 averages the outputs over that many dihedral views of each patch;
     `prefilter`: run the folder's prefilter cascade, where it has one (False: the detector on every patch);
-    `threshold`: the detection threshold the run will use (None: the folder's), which decides which
-    patches a joined subtype model sees (`subtype_floor`, when given, overrides that).
+    `threshold`: the detection threshold the run will use (None: the folder's). A joined subtype model
+    sees exactly the patches whose detector score (after TTA) reaches it, the same float32 comparison that
+    makes a detection, so every detection and nothing else gets a subtype; `subtype_floor` overrides it.
     """
     from mitoqp.runtime.registry import resolve_model
 
@@ -156,12 +154,15 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
             raise ValueError(f"the members listed in {cfg_path} do not match its sha256")
     runners = [file_backend(m["file"], m["sha256"]) for m in members]
     runner = runners[0] if len(runners) == 1 else EnsembleBackend(runners)
+    runner = DihedralTTA(runner, tta) if tta > 1 else runner
     sub = config.get("subtype_model")
     floor = 0.0
-    if sub:  # a second model in the folder gives the atypical probability
-        floor = subtype_floor if subtype_floor is not None else run_subtype_floor(config, tta, threshold)
-        runner = SubtypeJoin(runner, file_backend(sub["file"], sub["sha256"]), int(sub.get("output", 1)), floor)
-    runner = DihedralTTA(runner, tta) if tta > 1 else runner
+    if sub:  # a second model in the folder gives the atypical probability, for the detections only
+        floor = subtype_floor if subtype_floor is not None else \
+            float(config["threshold"]) if threshold is None else float(threshold)
+        subtype = file_backend(sub["file"], sub["sha256"])
+        subtype = DihedralTTA(subtype, tta) if tta > 1 else subtype  # the views of the patches it is asked for
+        runner = SubtypeJoin(runner, subtype, int(sub.get("output", 1)), floor)
     pre = config.get("prefilter")
     if pre:  # once per patch, outside the TTA views: it decides which patches the full model sees
         runner = PrefilterCascade(file_backend(pre["file"], pre["sha256"]), runner, float(pre["threshold"]),
@@ -169,19 +170,6 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     model = Model(directory, config, runner, floor)
     check_io(model, cfg_path)
     return model
-
-
-def run_subtype_floor(config: dict, tta: int, threshold: float | None) -> float:
-    """The detector score from which a run asks the subtype model: only detections carry a subtype.
-
-    Without TTA that is the run's threshold itself, the one comparison that makes a detection (float32
-    scores against the same number), so every detection and nothing else is asked. With TTA each view
-    gates on its own score before the views are averaged, so the floor stays far below the threshold.
-    """
-    run_threshold = float(config["threshold"]) if threshold is None else float(threshold)
-    if tta == 1:
-        return run_threshold
-    return min(float(config.get("subtype_floor", SUBTYPE_FLOOR)), run_threshold)
 
 
 def check_config(config, cfg_path: Path) -> None:
@@ -223,7 +211,6 @@ def check_config(config, cfg_path: Path) -> None:
         fail("'outputs' is not a list of names")
     number("nms_um", 0, 1000)
     number("atypical_threshold", 0, 1)
-    number("subtype_floor", 0, 1)
     cands = config.get("candidates", {})
     fields = set(CandidateParams.__dataclass_fields__)
     if not isinstance(cands, dict) or not set(cands) <= fields:

@@ -186,3 +186,7 @@ def test_evaluate_models_writes_one_comparison_table(tmp_path):
     assert main(["evaluate", "--models", "default", "--limit", "2", "--bootstrap", "0", "--slides", "--splits",
                  "test,atnorm-br", "-o", str(tmp_path / "cmp")]) == 0
     assert out.stat().st_mtime_ns != stamp  # another --limit: evaluated again
+    stamp = out.stat().st_mtime_ns
+    assert main(["evaluate", "--models", "default", "--limit", "2", "--bootstrap", "0", "--slides", "--splits",
+                 "test,atnorm-br", "-o", str(tmp_path / "cmp"), "--threshold", "0.5"]) == 0
+    assert out.stat().st_mtime_ns != stamp  # another threshold (a re-thresholded folder keeps its files): again

@@ -542,8 +542,18 @@ def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_m
     assert np.isnan(run.atypical[~run.detected]).all()  # never asked
     at = float(np.median(every.atypical[run.detected]))
     assert run.atypical_count(at) == int((run.detected & (every.atypical >= at)).sum()) > 0
-    # with TTA each view gates on its own score, so the floor stays below the threshold
-    assert load_model(folder, tta=2, threshold=t).subtype_floor == min(0.25, t)
+    # with TTA the subtype model is asked where the averaged detector score reaches the threshold, over its own views
+    from mitoqp.runtime.backend import DihedralTTA
+
+    patches = np.stack([tile[48:80, 48:80] for tile in tiles] + [tile[:32, :32] for tile in tiles])  # figures, tissue
+    det = load_model(folder, tta=4, subtype_floor=0.0).backend.predict(patches)[:, 0]
+    t4 = float(np.median(det))
+    views = load_model(folder, tta=4, threshold=t4)
+    out = views.backend.predict(patches)
+    asked = det >= np.float32(t4)
+    assert views.subtype_floor == t4 and 0 < asked.sum() < len(asked) and np.isnan(out[~asked, 1]).all()
+    subtype_views = DihedralTTA(load_model(folder, subtype_floor=0.0).backend.subtype, 4)
+    np.testing.assert_allclose(out[asked, 1], subtype_views.predict(patches[asked])[:, 1], atol=1e-6)
     # `mitoqp run --threshold` loads the model for that threshold: every figure written has its subtype
     out = tmp_path / "out"
     assert main(["run", "-q", str(tmp_path / "f.png"), "-o", str(out), "--model", str(folder), "--mpp", "0.25",
