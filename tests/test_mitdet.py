@@ -510,13 +510,14 @@ def test_a_new_detector_carries_over_the_subtype_model_of_an_exported_folder(tin
 
 def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_model_dir, tiny_subtype_model_dir,
                                                                            tmp_path):
-    """The subtype model costs 4x the detector: a run asks it exactly for the patches that become detections."""
+    """The subtype model costs as much per patch as the detector: a run asks it for its detections only."""
     import shutil
 
     from PIL import Image
 
     from mitoqp.export.onnx_export import attach_subtype
     from mitoqp.pipeline import Options, analyse_slide
+    from mitoqp.runtime.backend import DihedralTTA
     from mitoqp.slide import open_slide
 
     folder = tmp_path / "joined"
@@ -543,8 +544,6 @@ def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_m
     at = float(np.median(every.atypical[run.detected]))
     assert run.atypical_count(at) == int((run.detected & (every.atypical >= at)).sum()) > 0
     # with TTA the subtype model is asked where the averaged detector score reaches the threshold, over its own views
-    from mitoqp.runtime.backend import DihedralTTA
-
     patches = np.stack([tile[48:80, 48:80] for tile in tiles] + [tile[:32, :32] for tile in tiles])  # figures, tissue
     det = load_model(folder, tta=4, subtype_floor=0.0).backend.predict(patches)[:, 0]
     t4 = float(np.median(det))
@@ -555,8 +554,8 @@ def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_m
     subtype_views = DihedralTTA(load_model(folder, subtype_floor=0.0).backend.subtype, 4)
     np.testing.assert_allclose(out[asked, 1], subtype_views.predict(patches[asked])[:, 1], atol=1e-6)
     # `mitoqp run --threshold` loads the model for that threshold: every figure written has its subtype
-    out = tmp_path / "out"
-    assert main(["run", "-q", str(tmp_path / "f.png"), "-o", str(out), "--model", str(folder), "--mpp", "0.25",
+    run_dir = tmp_path / "out"
+    assert main(["run", "-q", str(tmp_path / "f.png"), "-o", str(run_dir), "--model", str(folder), "--mpp", "0.25",
                  "--threshold", repr(t)]) == 0
-    feats = json.loads((out / "f.geojson").read_text())["features"]
+    feats = json.loads((run_dir / "f.geojson").read_text())["features"]
     assert len(feats) == run.count and all("atypical_score" in f["properties"]["measurements"] for f in feats)
