@@ -253,9 +253,7 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options(),
     tick = on_plan(len(prep.plan.windows)) if on_plan is not None else None
     timings = prep.timings
     threshold = model.threshold if opts.threshold is None else float(opts.threshold)
-    if model.has_subtype and threshold < model.subtype_floor:  # detections below it would lack their subtype
-        raise ValueError(f"threshold {threshold:g} is below {model.subtype_floor:g}, the score from which this model "
-                         f"asks its subtype model: load it with load_model(..., threshold={threshold:g})")
+    model.check_threshold(threshold)
     columns = [0] + ([model.config["outputs"].index("atypical")] if model.has_subtype else [])
     outputs = len(columns)
     xy_parts, score_parts, area_parts = [], [], []

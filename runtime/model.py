@@ -52,6 +52,19 @@ class Model:
         """Scored candidates closer than this to a higher-scoring one are the same figure (split telophase)."""
         return float(self.config.get("nms_um", self.candidates.merge_um))
 
+    def check_threshold(self, threshold: float) -> None:
+        """Refuse a detection threshold this loaded model cannot serve whole: one its subtype model was not asked
+        from (detections without a subtype), or one below the detector score its prefilter was chosen to pass
+        (figures the prefilter rejected would be missing)."""
+        if self.has_subtype and threshold < self.subtype_floor:
+            raise ValueError(f"threshold {threshold:g} is below {self.subtype_floor:g}, the score from which this model "
+                             f"asks its subtype model: load it with load_model(..., threshold={threshold:g})")
+        pre = self.config.get("prefilter")
+        keep = float(pre.get("keep_above", 0.0)) if pre else 0.0
+        if threshold < keep:
+            raise ValueError(f"threshold {threshold:g} is below {keep:g}, the lowest detector score this model's "
+                             "prefilter was chosen to pass: run with --no-prefilter (load_model(..., prefilter=False))")
+
     @property
     def has_subtype(self) -> bool:
         """Whether the model also scores atypical vs normal (a second output)."""
@@ -169,6 +182,8 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
                                   2 if "atypical" in config.get("outputs", []) else 1)
     model = Model(directory, config, runner, floor)
     check_io(model, cfg_path)
+    if threshold is not None:
+        model.check_threshold(float(threshold))
     return model
 
 
@@ -229,6 +244,9 @@ def check_config(config, cfg_path: Path) -> None:
         t = config["prefilter"].get("threshold")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
             fail(f"'prefilter' threshold is {t!r}, not a number from 0 to 1")
+        k = config["prefilter"].get("keep_above", 0.0)
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k <= 1:
+            fail(f"'prefilter' keep_above is {k!r}, not a number from 0 to 1")
     if config.get("subtype_model"):
         plain_file(config["subtype_model"], "'subtype_model'")
         out = config["subtype_model"].get("output", 1)

@@ -150,6 +150,27 @@ def test_model_options_keep_the_runtime_interface():
     assert full.heads(full.embed(x))["child"].shape == (3, 6)
 
 
+def test_patch_input_norm_ignores_a_colour_cast_and_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 150 + 50
+    cast = x * torch.tensor([0.8, 1.1, 0.9])[None, :, None, None] + torch.tensor([20.0, -10.0, 5.0])[None, :, None, None]
+    patch = build_model({"widths": [8, 8, 16, 16], "se": True, "input_norm": "patch"}).eval()
+    plain = build_model({"widths": [8, 8, 16, 16], "se": True}).eval()
+    plain.load_state_dict(patch.state_dict())  # same weights: only the input statistics differ
+    with torch.no_grad():
+        assert torch.allclose(patch.normalise(x), patch.normalise(cast), atol=5e-3)  # up to the small floor on the spread
+        assert (plain.normalise(x) - plain.normalise(cast)).abs().max() > 0.2
+        assert torch.allclose(patch(x), patch(cast), atol=1e-3)
+        torch.onnx.export(patch, x, tmp_path / "m.onnx", input_names=["patches"], output_names=["p"],
+                          dynamic_axes={"patches": {0: "n"}}, opset_version=17, dynamo=False)
+        ref = patch(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"patches": x.numpy()})[0]
+    assert np.abs(got - ref).max() < 1e-5
+    with pytest.raises(ValueError, match="input_norm"):
+        build_model({"input_norm": "scanner"})
+
+
 # --- stain augmentation and normalisation ---------------------------------------------------
 
 SURVEY = json.loads((ROOT / "configs" / "stain_survey.json").read_text())

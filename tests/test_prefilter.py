@@ -124,12 +124,41 @@ def test_a_broken_prefilter_is_a_one_line_error(cascade_folder, tmp_path):
     (bad / "model.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'prefilter' threshold"):
         load_model(bad)
+    config["prefilter"]["threshold"], config["prefilter"]["keep_above"] = 0.1, None
+    (bad / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'prefilter' keep_above"):
+        load_model(bad)
     shutil.copy(folder / "model.json", bad / "model.json")
     with open(bad / "prefilter.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="sha256"):
         load_model(bad)
     assert load_model(bad, prefilter=False).backend  # the detector alone still runs
+
+
+def test_a_threshold_below_what_the_prefilter_keeps_is_refused_before_any_slide(cascade_folder, tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import synthetic_field
+    from mitoqp.cli import main
+    from mitoqp.pipeline import Options, analyse_slide
+    from mitoqp.slide import open_slide
+
+    folder, _, _ = cascade_folder
+    keeps = tmp_path / "keeps"
+    shutil.copytree(folder, keeps)
+    config = json.loads((keeps / "model.json").read_text())
+    config["prefilter"]["keep_above"] = 0.25  # as the export's default: passes what the detector scores >= 0.25
+    (keeps / "model.json").write_text(json.dumps(config))
+    Image.fromarray(synthetic_field(np.random.default_rng(3))[0]).save(tmp_path / "field.png")
+    args = ["run", str(tmp_path / "field.png"), "--model", str(keeps), "--mpp", "0.25", "-o"]
+    assert main([*args, str(tmp_path / "low"), "--threshold", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-prefilter" in err and not (tmp_path / "low").exists()
+    assert main([*args, str(tmp_path / "plain"), "--threshold", "0.1", "--no-prefilter"]) == 0
+    assert main([*args, str(tmp_path / "high"), "--threshold", "0.5"]) == 0
+    with open_slide(tmp_path / "field.png") as slide, pytest.raises(ValueError, match="prefilter was chosen to pass"):
+        analyse_slide(slide, load_model(keeps), Options(mpp=0.25, threshold=0.1))  # the library path says the same
 
 
 def test_bench_reports_what_the_prefilter_passed_and_no_prefilter_turns_it_off(cascade_folder, tmp_path, capsys):

@@ -8,7 +8,10 @@ Options (all off in the baseline): squeeze-excitation attention in every
 residual block, EFDMix after the stem and the first stage (training only), a
 child-class head for InCDP, a subtype head (atypical vs normal figure), and an
 input pooled by `input_pool` inside the graph (the cheap prefilter of a cascade
-sees the same patch at half the resolution, a quarter of the pixels).
+sees the same patch at half the resolution, a quarter of the pixels), and
+`input_norm = "patch"`: each patch standardised per colour channel by its own
+mean and spread, so a scanner's global colour cast and contrast do not reach
+the network (the default, "global", uses one fixed mean and spread).
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ class CompactResNet(nn.Module):
 
     def __init__(self, widths: tuple[int, ...] = (16, 24, 48, 96), mean: float = 0.5, std: float = 0.25,
                  se: bool = False, efdmix_p: float = 0.0, efdmix_alpha: float = 0.1,
-                 child_classes: int = 0, subtype: bool = False, input_pool: int = 1):
+                 child_classes: int = 0, subtype: bool = False, input_pool: int = 1, input_norm: str = "global"):
         super().__init__()
+        if input_norm not in ("global", "patch"):
+            raise ValueError(f"input_norm must be 'global' or 'patch', not {input_norm!r}")
+        self.input_norm = input_norm
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
         self.pool = nn.AvgPool2d(input_pool) if input_pool > 1 else nn.Identity()
@@ -98,9 +104,17 @@ class CompactResNet(nn.Module):
         self.child_head = nn.Linear(widths[-1], child_classes) if child_classes else None
         self.subtype_head = nn.Linear(widths[-1], 1) if subtype else None
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels 0..255 to the network's input: fixed statistics, or each patch's own per channel."""
+        if self.input_norm == "global":
+            return (x - self.mean) * self.scale
+        mu = x.mean(dim=(2, 3), keepdim=True)
+        spread = (x - mu).square().mean(dim=(2, 3), keepdim=True).add(4.0).sqrt()  # +4: a flat patch stays finite
+        return (x - mu) / spread
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) pooled features: what the centre loss pulls together and k-means clusters."""
-        x = self.pool((x - self.mean) * self.scale)
+        x = self.pool(self.normalise(x))
         return self.stages(self.stem(x)).mean(dim=(2, 3))
 
     def heads(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,4 +160,5 @@ def build_model(cfg: dict, child_classes: int | None = None) -> CompactResNet:
     return CompactResNet(tuple(cfg.get("widths", (16, 24, 48, 96))), se=bool(cfg.get("se", False)),
                          efdmix_p=float(cfg.get("efdmix_p", 0.0)), efdmix_alpha=float(cfg.get("efdmix_alpha", 0.1)),
                          child_classes=int(child_classes if child_classes is not None else cfg.get("child_classes", 0)),
-                         subtype=bool(cfg.get("subtype", False)), input_pool=int(cfg.get("input_pool", 1)))
+                         subtype=bool(cfg.get("subtype", False)), input_pool=int(cfg.get("input_pool", 1)),
+                         input_norm=str(cfg.get("input_norm", "global")))
