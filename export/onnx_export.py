@@ -114,7 +114,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "widths": list(m_cfg.get("widths", [24, 32, 64, 96] if dense else [16, 24, 48, 96])),
         "input_size": patch,
         "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
-        "normalisation": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
+        "normalisation": ({"per_patch": True, "scale": "per channel: (x - patch mean) / sqrt(patch variance + 4)"}
+                          if m_cfg.get("input_norm") == "patch" else {"mean": 0.5, "std": 0.25, "scale": "x / 255"}),
         "output": (dense_output(ckpt, model) if dense else
                    "(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
                    else "probability of a mitotic figure"),
