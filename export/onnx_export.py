@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mitoqp.candidates import CandidateParams
 from mitoqp.io_utils import atomic_path, write_json_atomic
 from mitoqp.runtime.nchw import to_nchw
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -270,7 +271,6 @@ def parity_patches_from_fields(fields, patch: int, params, limit: int = 512) -> 
 def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candidates: dict,
                   limit: int = 512) -> tuple[np.ndarray, list]:
     """Real validation patches around the runtime's candidates (random pixels without the data), and the fields."""
-    from mitoqp.candidates import CandidateParams
     from mitoqp.datasets import read_amibr
 
     fields = read_amibr(amibr, midog_json, {"validation"}) if amibr and Path(amibr).exists() else []
@@ -283,10 +283,12 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
 
 def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
                 subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None,
-                prefilter: Path | None = None, rethreshold: bool = False) -> dict:
+                prefilter: Path | None = None, rethreshold: bool = False,
+                candidate_settings: dict[str, float] | None = None) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
 
     No checkpoint: add to the folder in `out_dir` (a subtype model, a prefilter, precision variants).
+    `candidate_settings`: candidate settings to change in the folder's model.json (before any threshold is chosen).
     """
     from mitoqp.export.ensemble import export_ensemble
     from mitoqp.export.precision import PRECISIONS, add_precisions
@@ -295,9 +297,14 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r} (choose from {', '.join(PRECISIONS)})")
-    if not checkpoints and subtype is None and prefilter is None and not precisions and not model_id and not rethreshold:
-        raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision / --rethreshold to add "
-                         "to the model folder in -o")
+    if candidate_settings:
+        unknown = sorted(set(candidate_settings) - set(CandidateParams.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown candidate setting {unknown[0]!r} (choose from "
+                             f"{', '.join(CandidateParams.__dataclass_fields__)})")
+    if not (checkpoints or subtype or prefilter or precisions or model_id or rethreshold or candidate_settings):
+        raise ValueError("give a checkpoint to export, or --subtype / --prefilter / --precision / --rethreshold / "
+                         "--candidates to add to the model folder in -o")
     first = checkpoints[0] if checkpoints else subtype or prefilter
     if first is not None and not first.is_dir():
         _, ckpt = load_checkpoint(first)
@@ -325,6 +332,10 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     if model_id and config.get("id") != model_id:
         config["id"] = model_id
         write_json_atomic(out_dir / "model.json", config)
+    if candidate_settings:
+        config["candidates"] = {**config.get("candidates", {}), **candidate_settings}
+        write_json_atomic(out_dir / "model.json", config)
+        print(json.dumps({"candidates": config["candidates"]}))
     if subtype is not None:
         config = attach_subtype(out_dir, subtype, patches)
         print(json.dumps(config["subtype_model"]["parity"]))

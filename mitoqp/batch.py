@@ -113,6 +113,7 @@ class RunConfig:
 def run_settings(model: Model, opts: Options) -> dict:
     """What changes a slide's result besides the model file: a re-run redoes slides done otherwise."""
     return {"backend": model.backend.name, "threshold": model.threshold if opts.threshold is None else opts.threshold,
+            "candidates": model.candidates.to_dict(),
             "stain": opts.stain, "stain_normalise": opts.stain_normalise,
             "roi": opts.roi.wkt if opts.roi is not None else None}
 

@@ -13,6 +13,10 @@ kernels give the same mask and the same blobs in the same order:
   component's root is its first run in raster order, so blobs come out in the
   order of their first pixel, as scipy numbers them.
 
+A blob's centre may instead be weighted by how far each pixel's smoothed density
+exceeds the threshold (`dense_blobs_weighted`): a run's weighted sums need its
+pixels, so that pass walks the foreground, one row per thread.
+
 All kernels release the GIL, so windows can be processed on worker threads.
 """
 
@@ -32,14 +36,14 @@ def gaussian_weights(sigma_px: float, truncate: float = 4.0) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _smooth_threshold(img, half, threshold, mask, edges):
+def _smooth_threshold(img, half, threshold, mask, edges, tmp):
     """mask = gaussian(img) > threshold, 'nearest' edges; vertical pass, then horizontal.
 
     edges[y]: the number of run starts and ends in row y (counted while the row is in cache).
+    tmp (H, W) float32 holds the vertical pass, then the smoothed image.
     """
     h, w = img.shape
     r = half.shape[0] - 1
-    tmp = np.empty((h, w), np.float32)
     for y in numba.prange(h):
         acc = np.empty(w, np.float64)
         centre = img[y]
@@ -73,7 +77,8 @@ def _smooth_threshold(img, half, threshold, mask, edges):
                 acc[x] += (left[x] + right[x]) * wj
         dense = mask[y]
         for x in range(w):
-            dense[x] = np.float32(acc[x]) > threshold
+            row[x] = np.float32(acc[x])  # the row is in pad now: it can hold the result
+            dense[x] = row[x] > threshold
         edges[y] = _row_edges(dense)
 
 
@@ -130,12 +135,9 @@ def _find(parent, i):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _blob_stats(start, bounds):
-    """Per blob, in order of first pixel: pixel count, sum of x, sum of y (pixel indices)."""
+def _union_runs(start, x0, x1):
+    """Each run's parent after joining 4-connected runs of adjacent rows; `start` counts runs."""
     h = start.shape[0] - 1
-    start = start // 2  # in runs
-    x0 = bounds[0::2]
-    x1 = bounds[1::2]
     n = x0.shape[0]
     parent = np.arange(n)
     for y in range(1, h):
@@ -152,6 +154,18 @@ def _blob_stats(start, bounds):
                 a += 1
             else:
                 b += 1
+    return parent
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _blob_stats(start, bounds):
+    """Per blob, in order of first pixel: pixel count, sum of x, sum of y (pixel indices)."""
+    h = start.shape[0] - 1
+    start = start // 2  # in runs
+    x0 = bounds[0::2]
+    x1 = bounds[1::2]
+    n = x0.shape[0]
+    parent = _union_runs(start, x0, x1)
     area = np.zeros(n, np.float64)
     sx = np.zeros(n, np.float64)
     sy = np.zeros(n, np.float64)
@@ -166,29 +180,92 @@ def _blob_stats(start, bounds):
     return area[roots], sx[roots], sy[roots]
 
 
-def _blobs(mask: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _run_weights(smooth, start, bounds, threshold, power, run_w, run_wx):
+    """Per run: the sum of (density - threshold) ** power over its pixels, and that sum times x."""
+    for y in numba.prange(smooth.shape[0]):
+        row = smooth[y]
+        for k in range(start[y] // 2, start[y + 1] // 2):
+            sw = 0.0
+            swx = 0.0
+            for x in range(bounds[2 * k], bounds[2 * k + 1]):
+                wt = (np.float64(row[x]) - threshold) ** power
+                sw += wt
+                swx += wt * x
+            run_w[k] = sw
+            run_wx[k] = swx
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _blob_weighted_stats(start, bounds, run_w, run_wx):
+    """Per blob, in order of first pixel: pixel count, weight, weighted sums of x and of y."""
+    h = start.shape[0] - 1
+    start = start // 2
+    x0 = bounds[0::2]
+    x1 = bounds[1::2]
+    n = x0.shape[0]
+    parent = _union_runs(start, x0, x1)
+    area = np.zeros(n, np.float64)
+    mass = np.zeros(n, np.float64)
+    sx = np.zeros(n, np.float64)
+    sy = np.zeros(n, np.float64)
+    for y in range(h):
+        for k in range(start[y], start[y + 1]):
+            root = _find(parent, k)
+            area[root] += x1[k] - x0[k]
+            mass[root] += run_w[k]
+            sx[root] += run_wx[k]
+            sy[root] += np.float64(y) * run_w[k]
+    roots = np.flatnonzero(parent == np.arange(n))
+    return area[roots], mass[roots], sx[roots], sy[roots]
+
+
+def _run_bounds(mask: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     start = np.zeros(mask.shape[0] + 1, np.int64)
     np.cumsum(edges, out=start[1:])
     bounds = np.empty(start[-1], np.int64)
     _fill_edges(mask, start, bounds)
-    return _blob_stats(start, bounds)
+    return start, bounds
 
 
-def dense_mask(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels whose smoothed density exceeds `threshold`, (H, W) bool, and run edges per row."""
+def _blobs(mask: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _blob_stats(*_run_bounds(mask, edges))
+
+
+def _smooth_mask(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mask, its run edges per row, and the smoothed density it was cut from (float32)."""
     img = np.ascontiguousarray(h_od, dtype=np.float32)
     mask = np.empty(img.shape, np.bool_)
     edges = np.empty(img.shape[0], np.int64)
     if sigma_px > 0:
-        _smooth_threshold(img, gaussian_weights(sigma_px), np.float32(threshold), mask, edges)
+        smooth = np.empty(img.shape, np.float32)
+        _smooth_threshold(img, gaussian_weights(sigma_px), np.float32(threshold), mask, edges, smooth)
     else:
+        smooth = img
         _threshold(img, np.float32(threshold), mask, edges)
-    return mask, edges
+    return mask, edges, smooth
+
+
+def dense_mask(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose smoothed density exceeds `threshold`, (H, W) bool, and run edges per row."""
+    return _smooth_mask(h_od, sigma_px, threshold)[:2]
 
 
 def dense_blobs(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area (px), x sum and y sum of each blob of the smoothed density above `threshold`."""
     return _blobs(*dense_mask(h_od, sigma_px, threshold))
+
+
+def dense_blobs_weighted(h_od: np.ndarray, sigma_px: float, threshold: float, power: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Area (px), weight, and weighted x and y sums of each blob; a pixel weighs its smoothed density's
+    excess over `threshold` to the `power`, so the centre sits on the blob's densest part."""
+    mask, edges, smooth = _smooth_mask(h_od, sigma_px, threshold)
+    start, bounds = _run_bounds(mask, edges)
+    n = len(bounds) // 2
+    run_w, run_wx = np.empty(n, np.float64), np.empty(n, np.float64)
+    _run_weights(smooth, start, bounds, np.float64(np.float32(threshold)), np.float64(power), run_w, run_wx)
+    return _blob_weighted_stats(start, bounds, run_w, run_wx)
 
 
 def blob_stats(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,3 +287,20 @@ def reference_blobs(h_od: np.ndarray, sigma_px: float, threshold: float) -> tupl
     ys, xs = np.divmod(fg, labels.shape[1])
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     return area, np.bincount(lab, weights=xs, minlength=n + 1)[1:], np.bincount(lab, weights=ys, minlength=n + 1)[1:]
+
+
+def reference_weighted_blobs(h_od: np.ndarray, sigma_px: float, threshold: float, power: float
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`dense_blobs_weighted` by scipy, for tests."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(h_od.astype(np.float32), sigma_px, mode="nearest") if sigma_px > 0 \
+        else h_od.astype(np.float32)
+    labels, n = ndimage.label(smooth > np.float32(threshold))
+    fg = np.flatnonzero(labels)
+    lab = labels.ravel()[fg]
+    ys, xs = np.divmod(fg, labels.shape[1])
+    w = (smooth.ravel()[fg].astype(np.float64) - np.float64(np.float32(threshold))) ** power
+    def total(v):
+        return np.bincount(lab, weights=v, minlength=n + 1)[1:]
+    return total(np.ones(len(fg))), total(w), total(w * xs), total(w * ys)

@@ -173,6 +173,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return one_line_errors(lambda: train_from_config(args.config, args.out, args.set))
 
 
+def candidate_settings(pairs: list[str]) -> dict[str, float]:
+    """`KEY=VALUE` pairs of candidate settings, each a number >= 0."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not key or not number >= 0 or number == float("inf"):
+            raise ValueError(f"--candidates {pair!r}: give KEY=NUMBER with a number >= 0, e.g. centre_power=2")
+        out[key.strip()] = number
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from mitoqp.export.onnx_export import main_export
 
@@ -182,9 +197,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         from mitoqp.runtime.model import load_model
 
         if (args.checkpoints or args.subtype or args.prefilter or args.id or [p for p in precisions if p != "fp32"]
-                or args.rethreshold or not args.engine):
+                or args.rethreshold or args.candidates or not args.engine):
             main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id,
-                        args.prefilter, args.rethreshold)
+                        args.prefilter, args.rethreshold, candidate_settings(args.candidates))
         if args.engine:  # TensorRT engines now, not on a slide's first batch
             for p in precisions or ["fp32"]:
                 model = load_model(args.out, backend="tensorrt", precision=p)
@@ -352,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write these precisions (FP16 graph; INT8 calibrated on validation patches), each kept "
                         "only if no decision differs from FP32")
     e.add_argument("--id", default=None, help="the model's id in model.json (default: the folder's name)")
+    e.add_argument("--candidates", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a candidate setting in the folder's model.json (repeatable), e.g. centre_power=2; "
+                        "give --rethreshold with it, so the threshold is chosen on the candidates the model will see")
     e.add_argument("--rethreshold", action="store_true",
                    help="choose the detection threshold again on the validation fields, through the runtime, by the "
                         "current rule (for a model exported before the rule changed); give --precision again to "

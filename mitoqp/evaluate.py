@@ -308,7 +308,8 @@ def evaluate_main(args) -> dict:
     outcomes = {k: run_fields(v, model, args.stain_normalise) for k, v in sorted(sets.items())}
     report = {"model": {"id": model.id, "sha256": model.sha256, "macs_per_patch": model.config.get("macs_per_patch")},
               "options": {"tta": args.tta, "stain_normalise": args.stain_normalise, "backend": model.backend.name,
-                          "limit": args.limit, "splits": args.splits}, "threshold": threshold,
+                          "limit": args.limit, "splits": args.splits, "candidates": model.candidates.to_dict()},
+              "threshold": threshold,
               "figure_density_per_mm2": MIDOG21_FIGURES_PER_MM2, "sets": {}}
     for split in ("validation", "test"):
         pooled = [o for k, v in outcomes.items() if k.startswith(split + "/") for o in v]

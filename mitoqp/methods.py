@@ -86,9 +86,11 @@ def bench_seconds(model: Model, slide: Path) -> float:
 
 
 def earlier_report(out: Path, model: Model, args) -> dict | None:
-    """An evaluation already in `out` of this very model (same sha256 and threshold: `--rethreshold` keeps the
-    files) under the same options, to reuse."""
+    """An evaluation already in `out` of this very model (same sha256, threshold and candidate settings:
+    `mitoqp export --rethreshold --candidates` keep the files) under the same options, to reuse."""
     import json
+
+    from mitoqp.candidates import CandidateParams
 
     path = out / "evaluation.json"
     if getattr(args, "fresh", False) or not path.exists():
@@ -100,6 +102,7 @@ def earlier_report(out: Path, model: Model, args) -> dict | None:
     opts = report.get("options", {})
     threshold = model.threshold if getattr(args, "threshold", None) is None else float(args.threshold)
     same = (report.get("model", {}).get("sha256") == model.sha256 and report.get("threshold") == threshold
+            and opts.get("candidates", CandidateParams().to_dict()) == model.candidates.to_dict()  # older: defaults
             and opts.get("tta", 1) == getattr(args, "tta", 1)
             and bool(opts.get("stain_normalise")) == bool(getattr(args, "stain_normalise", False))
             and opts.get("limit") == getattr(args, "limit", None) and opts.get("splits", DEFAULT_SPLITS) == getattr(args, "splits", None))

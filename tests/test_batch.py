@@ -278,6 +278,28 @@ def test_hotspot_area_and_shape_reach_the_record_and_a_change_redoes_the_slide(t
     assert spot["properties"]["measurements"]["Nottingham mitotic score"] == 3
 
 
+def test_export_changes_a_folders_candidate_settings_and_a_run_redoes_slides_done_with_others(
+        tmp_path, field_png, tiny_model_dir, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    out = tmp_path / "out"
+    assert run(field_png, "-o", out, "--model", model, "--mpp", 0.25) == 0
+    stamp = (out / "field.result.json").stat().st_mtime_ns
+    export = ["export", "-o", str(model), "--amibr", str(tmp_path / "no-data")]
+    for bad in (["--candidates", "centre_power"], ["--candidates", "centre_power=-1"], ["--candidates", "shape=2"]):
+        capsys.readouterr()
+        assert main([*export, *bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("KEY=NUMBER" in err or "unknown candidate setting 'shape'" in err)
+    assert json.loads((model / "model.json").read_text())["candidates"].get("centre_power", 0) == 0
+    assert main([*export, "--candidates", "centre_power=2"]) == 0
+    assert json.loads((model / "model.json").read_text())["candidates"]["centre_power"] == 2.0
+    assert run(field_png, "-o", out, "--model", model, "--mpp", 0.25) == 0
+    assert (out / "field.result.json").stat().st_mtime_ns != stamp  # other candidates: done again
+    rec = json.loads((out / "field.result.json").read_text())
+    assert rec["settings"]["candidates"]["centre_power"] == 2.0
+
+
 def test_density_grid_counts_figures_and_tissue_per_square():
     from mitoqp.density import density_grid
     from mitoqp.tissue import TissueMask

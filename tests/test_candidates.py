@@ -33,6 +33,28 @@ def test_area_limits_in_square_micrometres():
     assert len(find_candidates(hematoxylin(img), MPP, CandidateParams(max_area_um2=5))) == 0
 
 
+def test_centre_power_puts_the_centre_on_a_dense_figure_touching_a_pale_nucleus():
+    img = field()
+    paint_blob(img, 104, 100, 20, 14, 0.45)  # a pale nucleus
+    paint_blob(img, 80, 100, 9, 9, 1.4)  # condensed chromatin touching it: one blob
+    plain = find_candidates(hematoxylin(img), MPP, CandidateParams(merge_um=0))
+    dense = find_candidates(hematoxylin(img), MPP, CandidateParams(merge_um=0, centre_power=2))
+    assert len(plain) == len(dense) == 1 and dense.area_um2[0] == plain.area_um2[0]
+    assert np.hypot(*(plain.xy[0] - [80, 100])) * MPP > 4  # the centroid lies between the two
+    assert np.hypot(*(dense.xy[0] - [80, 100])) * MPP < 1.5  # on the figure
+
+
+def test_merged_candidates_keep_their_summed_area_and_the_weighted_centre():
+    img = field()
+    paint_blob(img, 90, 100, 6, 10, 1.4)
+    paint_blob(img, 110, 100, 6, 10, 0.5)  # 5 um apart: merged
+    apart = find_candidates(hematoxylin(img), MPP, CandidateParams(merge_um=0, centre_power=2))
+    one = find_candidates(hematoxylin(img), MPP, CandidateParams(centre_power=2))
+    assert len(apart) == 2 and len(one) == 1
+    assert one.area_um2[0] == pytest.approx(apart.area_um2.sum())
+    assert one.xy[0, 0] < 97  # the denser half weighs more than its area
+
+
 def test_split_anaphase_halves_become_one_candidate():
     img = field()
     paint_blob(img, 90, 100, 6, 10, 1.0)
@@ -130,3 +152,22 @@ def test_fused_smoothing_gives_scipys_blobs_on_real_tissue(sigma_px):
     ours = dense_blobs(h, sigma_px, 0.3)
     assert len(ours[0]) > 50
     assert blobs_equal(ours, reference_blobs(h, sigma_px, 0.3))
+
+
+@pytest.mark.parametrize("sigma_px,power", [(0.0, 1.0), (2.0, 2.0), (3.3, 0.5)])
+def test_weighted_blobs_match_scipy(sigma_px, power):
+    """Weighted centres from the row-run kernels = the same sums by gaussian_filter + label + bincount."""
+    from scipy import ndimage
+
+    from mitoqp.blob_kernels import dense_blobs, dense_blobs_weighted, reference_weighted_blobs
+
+    rng = np.random.default_rng(7)
+    h = ndimage.gaussian_filter(rng.random((301, 257)).astype(np.float32), 2)
+    h = (h - h.mean()) / h.std() * 0.3 + 0.2
+    ours = dense_blobs_weighted(h, sigma_px, 0.3, power)
+    ref = reference_weighted_blobs(h, sigma_px, 0.3, power)
+    assert len(ours[0]) > 100
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+    assert np.array_equal(ours[0], dense_blobs(h, sigma_px, 0.3)[0])  # the same blobs as the plain path
+    assert (ours[1] > 0).all()
