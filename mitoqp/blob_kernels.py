@@ -188,10 +188,16 @@ def _run_weights(smooth, start, bounds, threshold, power, run_w, run_wx):
         for k in range(start[y] // 2, start[y + 1] // 2):
             sw = 0.0
             swx = 0.0
-            for x in range(bounds[2 * k], bounds[2 * k + 1]):
-                wt = (np.float64(row[x]) - threshold) ** power
-                sw += wt
-                swx += wt * x
+            if power == 2.0:  # the default: no pow() per pixel
+                for x in range(bounds[2 * k], bounds[2 * k + 1]):
+                    e = np.float64(row[x]) - threshold
+                    sw += e * e
+                    swx += e * e * x
+            else:
+                for x in range(bounds[2 * k], bounds[2 * k + 1]):
+                    wt = (np.float64(row[x]) - threshold) ** power
+                    sw += wt
+                    swx += wt * x
             run_w[k] = sw
             run_wx[k] = swx
 
