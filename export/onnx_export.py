@@ -316,6 +316,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
                              else f"{folder} is not an exported model folder")
         existing = json.loads((folder / "model.json").read_text())
         patch, candidates = int(existing["input_size"]), existing.get("candidates", {})
+    candidates = {**candidates, **(candidate_settings or {})}  # the check patches lie where the model will look
     patches, fields = check_patches(amibr, midog_json, patch, candidates)
     if not checkpoints and not (out_dir / "model.json").exists():
         raise ValueError(f"{out_dir} holds no exported model to add a {'subtype model' if subtype else 'prefilter'} to")
