@@ -11,6 +11,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from conftest import ROOT, synthetic_field, synthetic_fields  # noqa: E402
+from mitoqp.candidates import CandidateParams  # noqa: E402
 from mitoqp.cli import main  # noqa: E402
 from mitoqp.qupath_geojson import ATYPICAL_CLASS, NORMAL_CLASS, detection_features  # noqa: E402
 from mitoqp.runtime.backend import DihedralTTA, dihedral_view  # noqa: E402
@@ -384,7 +385,7 @@ def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_pat
     assert st["figures"] > 0 and 0 <= st["auc"] <= 1
     assert report["patch_cost"]["ms_per_patch"] > 0 and report["patch_cost"]["backend"].endswith("tta2")
     assert report["options"] == {"tta": 2, "stain_normalise": False, "backend": "onnxruntime-cpu+tta2", "limit": 8,
-                                 "splits": "validation,test,atnorm-br"}
+                                 "splits": "validation,test,atnorm-br", "candidates": CandidateParams().to_dict()}
     assert "balanced accuracy" in (out / "evaluation.md").read_text()
 
 
