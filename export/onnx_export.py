@@ -352,9 +352,12 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
 
         before = config["threshold"]
         drop_precisions(out_dir, config)  # checked at the old threshold
-        config = choose_thresholds(out_dir, config, fields, atypical=False, again=True)
+        atypical_before = config.get("atypical_threshold")
+        config = choose_thresholds(out_dir, config, fields, atypical=True, again=True)
         print(json.dumps({"threshold": config["threshold"], "threshold_before": before,
-                          "rule": config["validation_metrics"].get("threshold_rule", "best HPF-F1")}))
+                          "rule": config["validation_metrics"].get("threshold_rule", "best HPF-F1"),
+                          **({"atypical_threshold": config["atypical_threshold"],
+                              "atypical_threshold_before": atypical_before} if atypical_before is not None else {})}))
     if precisions:
         config["precisions"] = add_precisions(out_dir, config, precisions, patches)
         write_json_atomic(out_dir / "model.json", config)

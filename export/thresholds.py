@@ -36,6 +36,8 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
                 truth.append(int(o.field.atypical))
                 score.append(float(o.atypical[int(np.argmin(d))]))
         bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
+        if again and "atypical_threshold" in config:
+            config["validation_metrics"]["atypical_threshold_before"] = config["atypical_threshold"]
         config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
     write_json_atomic(out_dir / "model.json", config)
     return config

@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "give --rethreshold with it, so the threshold is chosen on the candidates the model will see")
     e.add_argument("--rethreshold", action="store_true",
                    help="choose the detection threshold again on the validation fields, through the runtime, by the "
-                        "current rule (for a model exported before the rule changed); give --precision again to "
+                        "current rule (for a model exported before the rule changed, or with other candidate settings), "
+                        "and the atypical threshold where the folder has a subtype output; give --precision again to "
                         "re-check the precisions at it")
     e.add_argument("--engine", action="store_true",
                    help="build the TensorRT engines of the folder's precisions ahead of time (needs TensorRT and a GPU)")

@@ -434,6 +434,35 @@ def test_rethreshold_chooses_the_threshold_on_validation_by_the_smoothed_rule(ti
     assert "epoch" in stored["validation_metrics"]  # the training-time record is kept beside the new point
 
 
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_rethreshold_chooses_the_atypical_threshold_again_too(tiny_subtype_model_dir, tmp_path):
+    import shutil
+
+    from mitoqp.datasets import read_amibr
+    from mitoqp.evaluate import run_fields
+    from mitoqp.export.thresholds import choose_thresholds
+    from mitoqp.training.train import balanced_accuracy_threshold
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_subtype_model_dir, folder)
+    val = read_amibr(ROOT.parent / "shared" / "data" / "ami-br", None, {"validation"})[:24]
+    config = json.loads((folder / "model.json").read_text())
+    before = config["atypical_threshold"]
+    cfg = choose_thresholds(folder, config, val, atypical=True, again=True)
+    truth, score = [], []
+    for o in run_fields(val, load_model(tiny_subtype_model_dir, subtype_floor=0.0)):
+        d = np.hypot(*(o.xy - 64.0).T) if len(o.xy) else np.zeros(0)
+        if len(d) and d.min() <= 7.5 / o.field.mpp:
+            truth.append(int(o.field.atypical))
+            score.append(float(o.atypical[int(np.argmin(d))]))
+    bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
+    stored = json.loads((folder / "model.json").read_text())
+    assert stored["atypical_threshold"] == pytest.approx(t) == cfg["atypical_threshold"]
+    assert stored["validation_metrics"]["subtype_balanced_accuracy"] == pytest.approx(bacc)
+    assert stored["validation_metrics"]["atypical_threshold_before"] == before
+    assert load_model(folder).atypical_threshold == pytest.approx(t)
+
+
 def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, tiny_subtype_model_dir, tmp_path):
     import shutil
 
