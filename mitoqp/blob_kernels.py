@@ -307,6 +307,5 @@ def reference_weighted_blobs(h_od: np.ndarray, sigma_px: float, threshold: float
     lab = labels.ravel()[fg]
     ys, xs = np.divmod(fg, labels.shape[1])
     w = (smooth.ravel()[fg].astype(np.float64) - np.float64(np.float32(threshold))) ** power
-    def total(v):
-        return np.bincount(lab, weights=v, minlength=n + 1)[1:]
-    return total(np.ones(len(fg))), total(w), total(w * xs), total(w * ys)
+    sums = [np.bincount(lab, weights=v, minlength=n + 1)[1:] for v in (np.ones(len(fg)), w, w * xs, w * ys)]
+    return sums[0], sums[1], sums[2], sums[3]
