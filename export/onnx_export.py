@@ -317,6 +317,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         existing = json.loads((folder / "model.json").read_text())
         patch, candidates = int(existing["input_size"]), existing.get("candidates", {})
     candidates = {**candidates, **(candidate_settings or {})}  # the check patches lie where the model will look
+    CandidateParams(**candidates)  # a bad combination fails here, before anything is written
     patches, fields = check_patches(amibr, midog_json, patch, candidates)
     if not checkpoints and not (out_dir / "model.json").exists():
         raise ValueError(f"{out_dir} holds no exported model to add a {'subtype model' if subtype else 'prefilter'} to")

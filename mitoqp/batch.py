@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mitoqp import __version__
+from mitoqp.candidates import CandidateParams
 from mitoqp.density import activity_index, density_features, tissue_fraction
 from mitoqp.executors import Job, RaySettings, run_local, run_ray
 from mitoqp.faults import checkpoint
@@ -116,6 +117,16 @@ def run_settings(model: Model, opts: Options) -> dict:
             "candidates": model.candidates.to_dict(),
             "stain": opts.stain, "stain_normalise": opts.stain_normalise,
             "roi": opts.roi.wkt if opts.roi is not None else None}
+
+
+def same_settings(done: dict | None, now: dict) -> bool:
+    """A finished slide's settings are today's; candidate settings added since count at their defaults."""
+    if not isinstance(done, dict) or not isinstance(done.get("candidates"), dict):
+        return done == now
+    try:
+        return {**done, "candidates": CandidateParams(**done["candidates"]).to_dict()} == now
+    except TypeError:  # a setting this version does not know
+        return False
 
 
 def hotspot_settings(cfg: "RunConfig") -> dict:
@@ -291,7 +302,7 @@ def _run_batch(inputs: list[str], model: Model, cfg: RunConfig, progress: bool) 
             slide_cfg = cfg
         done = None if cfg.overwrite else is_complete(cfg.out_dir, name)
         if (done is not None and done.get("model_sha256") == model.sha256
-                and done.get("settings") == {**run_settings(model, slide_cfg.options), **hotspot_settings(cfg)}):
+                and same_settings(done.get("settings"), {**run_settings(model, slide_cfg.options), **hotspot_settings(cfg)})):
             done["status"] = "skipped"
             finish(i, path, name, done)  # finished before: never run twice
         else:

@@ -17,6 +17,9 @@ A blob's centre may instead be weighted by how far each pixel's smoothed density
 exceeds the threshold (`dense_blobs_weighted`): a run's weighted sums need its
 pixels, so that pass walks the foreground, one row per thread.
 
+Inside blobs too large for one nucleus, the density's local maxima can be listed
+(`blob_peaks`): a figure in a cluster of touching nuclei is one of them.
+
 All kernels release the GIL, so windows can be processed on worker threads.
 """
 
@@ -226,6 +229,62 @@ def _blob_weighted_stats(start, bounds, run_w, run_wx):
     return area[roots], mass[roots], sx[roots], sy[roots]
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _run_blob_index(start, bounds):
+    """Each run's blob, numbered in order of first pixel as the stats kernels number them."""
+    start = start // 2
+    x0 = bounds[0::2]
+    x1 = bounds[1::2]
+    parent = _union_runs(start, x0, x1)
+    n = x0.shape[0]
+    index = np.empty(n, np.int64)
+    k = 0
+    for i in range(n):  # a blob's root is its first run, so it is numbered before its other runs are looked up
+        if parent[i] == i:
+            index[i] = k
+            k += 1
+    for i in range(n):
+        index[i] = index[_find(parent, i)]
+    return index
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _is_peak(smooth, y, x):
+    """No 8-neighbour is denser (plateaus give several peaks; the caller keeps one per distance)."""
+    h, w = smooth.shape
+    v = smooth[y, x]
+    for yy in range(max(y - 1, 0), min(y + 2, h)):
+        for xx in range(max(x - 1, 0), min(x + 2, w)):
+            if smooth[yy, xx] > v:
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _blob_peaks(smooth, start, bounds, run_blob, chosen):
+    """x, y and density of the local maxima inside the chosen blobs, in raster order."""
+    h = smooth.shape[0]
+    count = 0
+    for pass_ in range(2):
+        if pass_ == 1:
+            xs = np.empty(count, np.int64)
+            ys = np.empty(count, np.int64)
+            vs = np.empty(count, np.float32)
+            count = 0
+        for y in range(h):
+            for k in range(start[y] // 2, start[y + 1] // 2):
+                if not chosen[run_blob[k]]:
+                    continue
+                for x in range(bounds[2 * k], bounds[2 * k + 1]):
+                    if _is_peak(smooth, y, x):
+                        if pass_ == 1:
+                            xs[count] = x
+                            ys[count] = y
+                            vs[count] = smooth[y, x]
+                        count += 1
+    return xs, ys, vs
+
+
 def _run_bounds(mask: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     start = np.zeros(mask.shape[0] + 1, np.int64)
     np.cumsum(edges, out=start[1:])
@@ -260,6 +319,25 @@ def dense_mask(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.
 def dense_blobs(h_od: np.ndarray, sigma_px: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area (px), x sum and y sum of each blob of the smoothed density above `threshold`."""
     return _blobs(*dense_mask(h_od, sigma_px, threshold))
+
+
+def dense_blobs_with_peaks(h_od: np.ndarray, sigma_px: float, threshold: float, power: float,
+                           peak_min_px: float, peak_max_px: float) -> tuple[np.ndarray, ...]:
+    """`dense_blobs_weighted` (plain centroids at power 0) plus the density peaks of blobs of more than
+    `peak_min_px` and at most `peak_max_px` pixels: (area, weight, x sum, y sum, peak x, peak y, peak density)."""
+    mask, edges, smooth = _smooth_mask(h_od, sigma_px, threshold)
+    start, bounds = _run_bounds(mask, edges)
+    if power > 0:
+        n = len(bounds) // 2
+        run_w, run_wx = np.empty(n, np.float64), np.empty(n, np.float64)
+        _run_weights(smooth, start, bounds, np.float64(np.float32(threshold)), np.float64(power), run_w, run_wx)
+        area, weight, sx, sy = _blob_weighted_stats(start, bounds, run_w, run_wx)
+    else:
+        area, sx, sy = _blob_stats(start, bounds)
+        weight = area
+    px, py, pv = _blob_peaks(smooth, start, bounds, _run_blob_index(start, bounds),
+                             (area > peak_min_px) & (area <= peak_max_px))
+    return area, weight, sx, sy, px, py, pv
 
 
 def dense_blobs_weighted(h_od: np.ndarray, sigma_px: float, threshold: float, power: float

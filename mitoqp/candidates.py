@@ -10,6 +10,11 @@ Where a figure touches another nucleus, the two are one blob and its plain
 centroid lies between them; `centre_power` > 0 weights each pixel by its
 density's excess over the threshold, so the centre moves onto the condensed
 chromatin, which is the densest thing in a field.
+
+A cluster of touching nuclei is one blob however it is centred; `peak_area_um2`
+> 0 adds a candidate at each density peak of blobs larger than that, densest
+first, wherever no other candidate lies within `peak_um`. Such a candidate has
+no blob of its own, so its area is NaN.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from mitoqp.blob_kernels import dense_blobs, dense_blobs_weighted
+from mitoqp.blob_kernels import dense_blobs, dense_blobs_weighted, dense_blobs_with_peaks
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,12 @@ class CandidateParams:
     max_area_um2: float = 800.0
     merge_um: float = 6.0  # blobs whose centres are closer become one candidate
     centre_power: float = 0.0  # 0: a blob's centroid; p > 0: weighted by (density - threshold) ** p
+    peak_area_um2: float = 0.0  # 0: off; > 0: blobs larger than this also get a candidate at their density peaks
+    peak_um: float = 6.0  # ... each at least this far from every other candidate
+
+    def __post_init__(self) -> None:
+        if self.peak_area_um2 > 0 and not self.peak_um > 0:
+            raise ValueError(f"candidates: peak_um must be > 0 when peak_area_um2 is set (got {self.peak_um})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +72,11 @@ class Candidates:
 def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = CandidateParams()) -> Candidates:
     """Candidates on an (H, W) hematoxylin density image of `mpp` micrometres per pixel."""
     sigma_px = params.sigma_um / mpp
-    if params.centre_power > 0:
+    peaks = None
+    if params.peak_area_um2 > 0:
+        area, weight, sx, sy, *peaks = dense_blobs_with_peaks(h_od, sigma_px, params.threshold, params.centre_power,
+                                                              params.peak_area_um2 / mpp**2, params.max_area_um2 / mpp**2)
+    elif params.centre_power > 0:
         area, weight, sx, sy = dense_blobs_weighted(h_od, sigma_px, params.threshold, params.centre_power)
     else:
         area, sx, sy = dense_blobs(h_od, sigma_px, params.threshold)
@@ -71,7 +86,24 @@ def find_candidates(h_od: np.ndarray, mpp: float, params: CandidateParams = Cand
     area_um2 = area * (mpp * mpp)
     keep = (area_um2 >= params.min_area_um2) & (area_um2 <= params.max_area_um2)
     cands = Candidates(np.stack([sx / weight, sy / weight], axis=1)[keep], area_um2[keep])
-    return merge_close(cands, params.merge_um / mpp, weight[keep])
+    cands = merge_close(cands, params.merge_um / mpp, weight[keep])
+    return cands if peaks is None else add_peaks(cands, *peaks, params.peak_um / mpp)
+
+
+def add_peaks(c: Candidates, px: np.ndarray, py: np.ndarray, density: np.ndarray, apart_px: float) -> Candidates:
+    """The candidates plus each peak, densest first, that lies at least `apart_px` from every candidate so far."""
+    xy = np.stack([px, py], axis=1).astype(np.float64)
+    order = np.argsort(-density, kind="stable")
+    xy = xy[order]
+    if len(c) and len(xy):
+        xy = xy[cKDTree(c.xy).query(xy, distance_upper_bound=apart_px)[0] >= apart_px]
+    kept: list[np.ndarray] = []
+    for q in xy:  # few remain: peaks far from every blob's centre
+        if not kept or np.min(np.hypot(*(np.asarray(kept) - q).T)) >= apart_px:
+            kept.append(q)
+    if not kept:
+        return c
+    return Candidates.concat([c, Candidates(np.asarray(kept), np.full(len(kept), np.nan))])
 
 
 def merge_close(c: Candidates, radius_px: float, weight: np.ndarray | None = None) -> Candidates:

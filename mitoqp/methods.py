@@ -101,8 +101,12 @@ def earlier_report(out: Path, model: Model, args) -> dict | None:
         return None
     opts = report.get("options", {})
     threshold = model.threshold if getattr(args, "threshold", None) is None else float(args.threshold)
+    try:
+        candidates = CandidateParams(**opts.get("candidates", {})).to_dict()  # settings added since: their defaults
+    except TypeError:  # a setting this version does not know
+        candidates = None
     same = (report.get("model", {}).get("sha256") == model.sha256 and report.get("threshold") == threshold
-            and opts.get("candidates", CandidateParams().to_dict()) == model.candidates.to_dict()  # older: defaults
+            and candidates == model.candidates.to_dict()
             and opts.get("tta", 1) == getattr(args, "tta", 1)
             and bool(opts.get("stain_normalise")) == bool(getattr(args, "stain_normalise", False))
             and opts.get("limit") == getattr(args, "limit", None) and opts.get("splits", DEFAULT_SPLITS) == getattr(args, "splits", None))

@@ -284,13 +284,22 @@ def test_export_changes_a_folders_candidate_settings_and_a_run_redoes_slides_don
     shutil.copytree(tiny_model_dir, model)
     out = tmp_path / "out"
     assert run(field_png, "-o", out, "--model", model, "--mpp", 0.25) == 0
-    stamp = (out / "field.result.json").stat().st_mtime_ns
+    result = out / "field.result.json"
+    rec = json.loads(result.read_text())
+    for key in ("peak_area_um2", "peak_um"):  # as a version before these settings wrote it
+        del rec["settings"]["candidates"][key]
+    result.write_text(json.dumps(rec))
+    stamp = result.stat().st_mtime_ns
+    assert run(field_png, "-o", out, "--model", model, "--mpp", 0.25) == 0
+    assert result.stat().st_mtime_ns == stamp  # settings added since count at their defaults: not done again
     export = ["export", "-o", str(model), "--amibr", str(tmp_path / "no-data")]
-    for bad in (["--candidates", "centre_power"], ["--candidates", "centre_power=-1"], ["--candidates", "shape=2"]):
+    for bad in (["--candidates", "centre_power"], ["--candidates", "centre_power=-1"], ["--candidates", "shape=2"],
+                ["--candidates", "peak_area_um2=100", "--candidates", "peak_um=0"]):
         capsys.readouterr()
         assert main([*export, *bad]) == 1
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and ("KEY=NUMBER" in err or "unknown candidate setting 'shape'" in err)
+        assert len(err.splitlines()) == 1 and ("KEY=NUMBER" in err or "unknown candidate setting 'shape'" in err
+                                               or "peak_um must be > 0" in err)
     assert json.loads((model / "model.json").read_text())["candidates"].get("centre_power", 0) == 0
     assert main([*export, "--candidates", "centre_power=2"]) == 0
     assert json.loads((model / "model.json").read_text())["candidates"]["centre_power"] == 2.0

@@ -55,6 +55,34 @@ def test_merged_candidates_keep_their_summed_area_and_the_weighted_centre():
     assert one.xy[0, 0] < 97  # the denser half weighs more than its area
 
 
+def cluster_of_three(img):
+    """Three touching nuclei in a row, each with a dense core; the last one is the 'figure'."""
+    for x in (50, 90, 130):
+        paint_blob(img, x, 100, 22, 14, 0.5)
+    for x in (50, 90, 130):
+        paint_blob(img, x, 100, 6, 6, 1.2)
+
+
+def test_density_peaks_of_a_large_blob_add_candidates_where_its_centre_is_far():
+    img = field()
+    cluster_of_three(img)
+    h = hematoxylin(img)
+    one = find_candidates(h, MPP, CandidateParams(centre_power=2))
+    assert len(one) == 1 and np.hypot(*(one.xy[0] - [130, 100])) * MPP > 7.5  # the figure would be missed
+    c = find_candidates(h, MPP, CandidateParams(centre_power=2, peak_area_um2=100, peak_um=6))
+    assert np.array_equal(c.xy[0], one.xy[0]) and c.area_um2[0] == one.area_um2[0]  # the blob's own candidate first
+    assert len(c) == 3 and np.isnan(c.area_um2[1:]).all()  # peaks have no blob of their own
+    for x in (50, 130):
+        assert np.min(np.hypot(*(c.xy - [x, 100]).T)) * MPP < 2
+    # off by default, for blobs up to peak_area_um2, and where a peak is nearer than peak_um to a candidate
+    assert len(find_candidates(h, MPP, CandidateParams(centre_power=2, peak_area_um2=one.area_um2[0] + 1))) == 1
+    assert len(find_candidates(h, MPP, CandidateParams(centre_power=2, peak_area_um2=100, peak_um=11))) == 1
+    assert len(find_candidates(h, MPP, CandidateParams(centre_power=2, peak_area_um2=100,
+                                                       max_area_um2=one.area_um2[0] - 1))) == 0
+    with pytest.raises(ValueError, match="peak_um"):
+        CandidateParams(peak_area_um2=100, peak_um=0)
+
+
 def test_split_anaphase_halves_become_one_candidate():
     img = field()
     paint_blob(img, 90, 100, 6, 10, 1.0)
@@ -171,3 +199,27 @@ def test_weighted_blobs_match_scipy(sigma_px, power):
         np.testing.assert_allclose(a, b, rtol=1e-9)
     assert np.array_equal(ours[0], dense_blobs(h, sigma_px, 0.3)[0])  # the same blobs as the plain path
     assert (ours[1] > 0).all()
+
+
+@pytest.mark.parametrize("sigma_px,power", [(0.0, 0.0), (2.0, 2.0)])
+def test_blob_peaks_match_scipy(sigma_px, power):
+    """Peaks = pixels no 8-neighbour exceeds (maximum_filter), inside blobs in the chosen size range."""
+    from scipy import ndimage
+
+    from mitoqp.blob_kernels import dense_blobs_weighted, dense_blobs_with_peaks
+
+    rng = np.random.default_rng(3)
+    h = ndimage.gaussian_filter(rng.random((203, 179)).astype(np.float32), 2)
+    h = (h - h.mean()) / h.std() * 0.3 + 0.2
+    area, weight, sx, sy, px, py, pv = dense_blobs_with_peaks(h, sigma_px, 0.3, power, 40, 400)
+    if power > 0:
+        for a, b in zip((area, weight, sx, sy), dense_blobs_weighted(h, sigma_px, 0.3, power)):
+            assert np.array_equal(a, b)
+    smooth = ndimage.gaussian_filter(h, sigma_px, mode="nearest") if sigma_px > 0 else h
+    labels, n = ndimage.label(smooth > np.float32(0.3))
+    sizes = np.bincount(labels.ravel())
+    chosen = (sizes > 40) & (sizes <= 400)
+    chosen[0] = False
+    ys, xs = np.nonzero(chosen[labels] & (smooth == ndimage.maximum_filter(smooth, size=3, mode="nearest")))
+    assert 0 < chosen.sum() < n and len(xs) > 10
+    assert np.array_equal(px, xs) and np.array_equal(py, ys) and np.array_equal(pv, smooth[ys, xs])
