@@ -17,7 +17,7 @@ from mitoqp.io_utils import write_json_atomic
 
 def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: bool = True, again: bool = False) -> dict:
     """Set the mitosis threshold (and, with `atypical`, the atypical one) of the folder's model on validation;
-    `again` keeps the training-time validation record and notes the threshold it replaces."""
+    `again` keeps the training-time validation record and notes the threshold it replaces (where it changes)."""
     from mitoqp.evaluate import MATCH_RADIUS_UM, run_fields
     from mitoqp.metrics import smoothed_threshold
     from mitoqp.runtime.model import load_model
@@ -25,7 +25,7 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
 
     outs = run_fields(val_fields, load_model(out_dir, subtype_floor=0.0))
     best = smoothed_threshold([o.match for o in outs], sum(o.area_mm2 for o in outs))
-    before = {"threshold_before": config.get("threshold")} if again else {}
+    before = {"threshold_before": config.get("threshold")} if again and config.get("threshold") != best["threshold"] else {}
     config["threshold"] = float(best["threshold"])
     config["validation_metrics"] = {**(config.get("validation_metrics", {}) if again else {}), **best, **before}
     if atypical and "atypical" in config.get("outputs", []):
@@ -36,7 +36,7 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
                 truth.append(int(o.field.atypical))
                 score.append(float(o.atypical[int(np.argmin(d))]))
         bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
-        if again and "atypical_threshold" in config:
+        if again and config.get("atypical_threshold", t) != t:  # an unchanged one keeps the record of the one before
             config["validation_metrics"]["atypical_threshold_before"] = config["atypical_threshold"]
         config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
     write_json_atomic(out_dir / "model.json", config)

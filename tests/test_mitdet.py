@@ -432,6 +432,8 @@ def test_rethreshold_chooses_the_threshold_on_validation_by_the_smoothed_rule(ti
     assert stored["threshold"] == cfg["threshold"] and load_model(folder).threshold == pytest.approx(expected)
     assert stored["validation_metrics"]["threshold_before"] == before
     assert "epoch" in stored["validation_metrics"]  # the training-time record is kept beside the new point
+    again = choose_thresholds(folder, stored, val, atypical=False, again=True)  # the same threshold once more:
+    assert again["threshold"] == cfg["threshold"] and again["validation_metrics"]["threshold_before"] == before
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
@@ -461,6 +463,9 @@ def test_rethreshold_chooses_the_atypical_threshold_again_too(tiny_subtype_model
     assert stored["validation_metrics"]["subtype_balanced_accuracy"] == pytest.approx(bacc)
     assert stored["validation_metrics"]["atypical_threshold_before"] == before
     assert load_model(folder).atypical_threshold == pytest.approx(t)
+    again = choose_thresholds(folder, stored, val, atypical=True, again=True)  # unchanged: the record stays
+    assert again["atypical_threshold"] == stored["atypical_threshold"]
+    assert again["validation_metrics"]["atypical_threshold_before"] == before
 
 
 def test_a_second_model_gives_the_subtype_beside_the_detector(tiny_model_dir, tiny_subtype_model_dir, tmp_path):
