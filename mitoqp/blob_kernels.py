@@ -18,7 +18,7 @@ exceeds the threshold (`dense_blobs_weighted`): a run's weighted sums need its
 pixels, so that pass walks the foreground, one row per thread.
 
 Inside blobs too large for one nucleus, the density's local maxima can be listed
-(`blob_peaks`): a figure in a cluster of touching nuclei is one of them.
+(`dense_blobs_with_peaks`): a figure in a cluster of touching nuclei is one of them.
 
 All kernels release the GIL, so windows can be processed on worker threads.
 """
