@@ -15,6 +15,9 @@ import numpy as np
 from mitoqp.io_utils import write_json_atomic
 
 
+SAME = 1e-6  # thresholds closer than this are the same score (a float32 of training against a float64 here)
+
+
 def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: bool = True, again: bool = False) -> dict:
     """Set the mitosis threshold (and, with `atypical`, the atypical one) of the folder's model on validation;
     `again` keeps the training-time validation record and notes the threshold it replaces (where it changes)."""
@@ -25,7 +28,8 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
 
     outs = run_fields(val_fields, load_model(out_dir, subtype_floor=0.0))
     best = smoothed_threshold([o.match for o in outs], sum(o.area_mm2 for o in outs))
-    before = {"threshold_before": config.get("threshold")} if again and config.get("threshold") != best["threshold"] else {}
+    changed = config.get("threshold") is None or abs(float(config["threshold"]) - float(best["threshold"])) > SAME
+    before = {"threshold_before": config.get("threshold")} if again and changed else {}
     config["threshold"] = float(best["threshold"])
     config["validation_metrics"] = {**(config.get("validation_metrics", {}) if again else {}), **best, **before}
     if atypical and "atypical" in config.get("outputs", []):
@@ -36,7 +40,7 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
                 truth.append(int(o.field.atypical))
                 score.append(float(o.atypical[int(np.argmin(d))]))
         bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
-        if again and config.get("atypical_threshold", t) != t:  # an unchanged one keeps the record of the one before
+        if again and abs(float(config.get("atypical_threshold", t)) - t) > SAME:  # unchanged: the record before stays
             config["validation_metrics"]["atypical_threshold_before"] = config["atypical_threshold"]
         config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
     write_json_atomic(out_dir / "model.json", config)
