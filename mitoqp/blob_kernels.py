@@ -285,6 +285,24 @@ def _blob_peaks(smooth, start, bounds, run_blob, chosen):
     return xs, ys, vs
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def keep_apart(xy, apart_px):
+    """Indices of the points, in their order, that lie at least `apart_px` from every point kept before them."""
+    keep = np.empty(xy.shape[0], np.int64)
+    k = 0
+    r2 = apart_px * apart_px
+    for i in range(xy.shape[0]):
+        for j in range(k):
+            dx = xy[i, 0] - xy[keep[j], 0]
+            dy = xy[i, 1] - xy[keep[j], 1]
+            if dx * dx + dy * dy < r2:
+                break
+        else:
+            keep[k] = i
+            k += 1
+    return keep[:k]
+
+
 def _run_bounds(mask: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     start = np.zeros(mask.shape[0] + 1, np.int64)
     np.cumsum(edges, out=start[1:])

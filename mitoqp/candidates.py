@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from mitoqp.blob_kernels import dense_blobs, dense_blobs_weighted, dense_blobs_with_peaks
+from mitoqp.blob_kernels import dense_blobs, dense_blobs_weighted, dense_blobs_with_peaks, keep_apart
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,10 @@ def add_peaks(c: Candidates, px: np.ndarray, py: np.ndarray, density: np.ndarray
     xy = xy[order]
     if len(c) and len(xy):
         xy = xy[cKDTree(c.xy).query(xy, distance_upper_bound=apart_px)[0] >= apart_px]
-    kept: list[np.ndarray] = []
-    for q in xy:  # few remain: peaks far from every blob's centre
-        if not kept or np.min(np.hypot(*(np.asarray(kept) - q).T)) >= apart_px:
-            kept.append(q)
-    if not kept:
+    kept = xy[keep_apart(xy, float(apart_px))]
+    if not len(kept):
         return c
-    return Candidates.concat([c, Candidates(np.asarray(kept), np.full(len(kept), np.nan))])
+    return Candidates.concat([c, Candidates(kept, np.full(len(kept), np.nan))])
 
 
 def merge_close(c: Candidates, radius_px: float, weight: np.ndarray | None = None) -> Candidates:

@@ -223,3 +223,12 @@ def test_blob_peaks_match_scipy(sigma_px, power):
     ys, xs = np.nonzero(chosen[labels] & (smooth == ndimage.maximum_filter(smooth, size=3, mode="nearest")))
     assert 0 < chosen.sum() < n and len(xs) > 10
     assert np.array_equal(px, xs) and np.array_equal(py, ys) and np.array_equal(pv, smooth[ys, xs])
+
+
+def test_keep_apart_is_greedy_in_order():
+    from mitoqp.blob_kernels import keep_apart
+
+    xy = np.array([[0, 0], [3, 0], [5, 0], [10, 0], [10, 3.99]], np.float64)
+    assert keep_apart(xy, 4.0).tolist() == [0, 2, 3]  # 3 is too near 0; 10,3.99 too near 10,0
+    assert keep_apart(xy[::-1].copy(), 4.0).tolist() == [0, 2, 4]
+    assert keep_apart(np.zeros((0, 2)), 4.0).tolist() == []
