@@ -164,6 +164,7 @@ def test_evaluate_models_writes_one_comparison_table(tmp_path):
 
     if not AMIBR.exists():
         pytest.skip("../shared/data/ami-br is not present")
+    from mitoqp.candidates import CandidateParams
     from mitoqp.cli import main
 
     darkness_model(tmp_path / "darkness")
@@ -191,8 +192,6 @@ def test_evaluate_models_writes_one_comparison_table(tmp_path):
                  "test,atnorm-br", "-o", str(tmp_path / "cmp"), "--threshold", "0.5"]) == 0
     assert out.stat().st_mtime_ns != stamp  # another threshold (a re-thresholded folder keeps its files): again
     report = json.loads(out.read_text())
-    from mitoqp.candidates import CandidateParams
-
     defaults = CandidateParams().to_dict()
     cands = report["options"]["candidates"]
     at_default = [k for k, v in cands.items() if v == defaults[k]]
