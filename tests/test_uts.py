@@ -96,3 +96,42 @@ def test_uts_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path):
     ort, pt = load_model(tmp_path / "model"), load_model(tmp_path / "model", backend="torch")
     x = patches[:5]
     assert np.abs(ort.backend.predict(x) - pt.backend.predict(x)).max() < 1e-5
+
+
+def test_point_labels_move_with_the_strong_augmentation():
+    """The distortions move each figure point with the pixels; the centre map then follows the same flips."""
+    from mitoqp.training.uts import StrongAugment, point_batch
+
+    rng = np.random.default_rng(0)
+    images, figures = np.zeros((6, 48, 48, 3), np.uint8), []
+    for i in range(6):
+        x, y = rng.integers(12, 36, 2)
+        images[i, y - 3:y + 3, x - 3:x + 3] = 255
+        figures.append(np.array([[x - 0.5, y - 0.5]]))
+    aug = StrongAugment(0)
+    moved_images, moved = aug.distort_points(images, figures)
+    for im, pts in zip(moved_images, moved):
+        ys, xs = np.nonzero(im[..., 0] > 128)
+        assert np.hypot(xs.mean() - pts[0, 0], ys.mean() - pts[0, 1]) < 4  # 1 um; targets reach 3 um
+    out, target, weight = point_batch(images, figures, aug, rng, 4, 3 / 0.25, 6 / 0.25)
+    assert out.shape == images.shape and target.shape == weight.shape == (6, 12, 12)
+    for im, t in zip(out, target):  # the map's positives lie on the (moved, flipped) blob
+        ys, xs = np.nonzero(t > 0)
+        by, bx = np.nonzero(im[..., 0] > 128)
+        assert len(xs) and np.hypot(xs.mean() * 4 + 1.5 - bx.mean(), ys.mean() * 4 + 1.5 - by.mean()) < 4
+
+
+def test_uts_recipe_with_point_labels_trains_one_model_without_distillation(tmp_path):
+    from mitoqp.training.uts import train_uts
+
+    tr, va = synthetic_fields(tmp_path, 12, "train", 0), synthetic_fields(tmp_path, 4, "validation", 1)
+    cfg = {"method": "uts", "model": {"image": 48, "widths": [8, 8, 16, 16]}, "dense": {"tile": 128},
+           "train": {"epochs": 1, "epoch_samples": 32, "batch": 16, "threads": 1, "lr": 0.01, "labels": "points"}}
+    logs = []
+    best = train_uts(cfg, tr, va, tmp_path / "run", logs.append)
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "teacher.pt").exists()
+    assert any("nothing to distil" in m for m in logs) and not any("distillation at" in m for m in logs)
+    assert np.isfinite(best["loss"]) and "distilled_positives" not in best
+    cfg["train"]["labels"] = "boxes"
+    with pytest.raises(ValueError, match="train.labels"):
+        train_uts(cfg, tr, va, tmp_path / "run2", logs.append)

@@ -24,6 +24,14 @@ fields, the same criterion as every mitoqp recipe (the paper: image-level
 classification). Detections at inference are the map's peaks (the runtime's
 dense path) rather than centroids of the thresholded mask; tau is the
 project's matching radius, 7.5 um (the paper's 30 px at its resolution).
+
+Label type (Ji et al., ../shared/docs/papers/ji-data-and-modeling.txt, compare
+tile-level labels with boxes): `train.labels = "points"` trains the same
+network on the same crops, with the same strong augmentation (the points move
+with the distortions), from the figure points instead of the image labels: a
+centre map, 1 within `positive_um` of a point, not counted out to `ignore_um`,
+under RDLM's focal loss. Points say where figures are, so there is nothing to
+distil: the teacher is the model.
 """
 
 from __future__ import annotations
@@ -125,12 +133,49 @@ class StrongAugment:
             import albumentations as A
         except ImportError:
             raise ValueError("the UTS teacher's strong augmentation needs albumentations: pip install 'mitoqp[train]'") from None
-        self.transform = A.Compose([A.OpticalDistortion(distort_limit=0.5, p=0.8),
-                                    A.GridDistortion(num_steps=5, distort_limit=0.3, p=0.8)], seed=seed)
+        self.seed = seed
+        self.transform = A.Compose(self.distortions(), seed=seed)
+        self.with_points = None
+
+    @staticmethod
+    def distortions() -> list:
+        import albumentations as A
+
+        return [A.OpticalDistortion(distort_limit=0.5, p=0.8), A.GridDistortion(num_steps=5, distort_limit=0.3, p=0.8)]
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.stack([self.transform(image=im)["image"] for im in images])
         return dihedral(out, rng)
+
+    def distort_points(self, images: np.ndarray, figures: list) -> tuple[np.ndarray, list]:
+        """The distortions alone, the figure points moved with them (for point labels; no flips yet)."""
+        if self.with_points is None:
+            import albumentations as A
+
+            self.with_points = A.Compose(self.distortions(), seed=self.seed,
+                                         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+        out, moved = [], []
+        for im, figs in zip(images, figures):
+            figs = np.asarray(figs, float).reshape(-1, 2)
+            r = self.with_points(image=im, keypoints=figs.astype(np.float32))
+            pts = np.asarray(r["keypoints"], float).reshape(-1, 2)
+            if len(pts) != len(figs):  # albumentations lost a point it could not map back: keep this image undistorted
+                r["image"], pts = im, figs
+            out.append(r["image"])
+            moved.append(pts)
+        return np.stack(out), moved
+
+
+def point_batch(images: np.ndarray, figures: list, augment: "StrongAugment | None", rng: np.random.Generator,
+                stride: int, positive_px: float, ignore_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented images with their centre-map targets and weights (point labels)."""
+    from mitoqp.training.pointmap import dihedral_pair, point_targets  # pointmap imports this module
+
+    if augment is not None:
+        images, figures = augment.distort_points(images, figures)
+    target, weight = point_targets(figures, images.shape[1], stride, positive_px, ignore_px)
+    images, (target, weight) = dihedral_pair(images, [target, weight], rng)
+    return images, target, weight
 
 
 def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64) -> list[np.ndarray]:
@@ -198,7 +243,8 @@ def distil(teacher: WeakFCN, positives: WeakSet, threshold: float, tau_px: float
 
 def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: list[Field], t_cfg: dict, strong: bool,
         name: str, run_dir: Path, log, radius_um: float, min_distance_um: float) -> tuple[dict, dict]:
-    """Train on image labels (class-balanced batches, BCE on the max-aggregated logit); the best state by mean recall."""
+    """Train on image labels (class-balanced batches, BCE on the max-aggregated logit), or with `train.labels =
+    "points"` on the same batches' figure points (centre map, focal loss); the best state by mean recall."""
     seed = int(t_cfg.get("seed", 0))
     rng = np.random.default_rng(seed)
     epochs, batch = int(t_cfg.get("epochs", 40)), int(t_cfg.get("batch", 64))
@@ -206,6 +252,10 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
     opt = torch.optim.AdamW(model.parameters(), lr=float(t_cfg.get("lr", 1e-3)), weight_decay=float(t_cfg.get("weight_decay", 1e-4)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t_cfg.get("lr", 1e-3)), total_steps=epochs * steps)
     augment = StrongAugment(seed) if strong else None
+    points = label_type(t_cfg) == "points"
+    if points:
+        from mitoqp.training.rdlm import rdlm_focal_loss  # it imports pointmap, which imports this module
+    positive_px, ignore_px = float(t_cfg.get("positive_um", 3.0)) / 0.25, float(t_cfg.get("ignore_um", 6.0)) / 0.25
     pos, neg = np.flatnonzero(train_set.labels == 1), np.flatnonzero(train_set.labels == 0)
     best, best_state = {"mean_recall": -1.0}, None
     for epoch in range(1, epochs + 1):
@@ -215,10 +265,16 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
         for _ in range(steps):
             idx = np.concatenate([rng.choice(pos, batch // 2), rng.choice(neg, batch - batch // 2)])
             images = train_set.images[idx]
-            images = augment(images, rng) if augment is not None else dihedral(images, rng)
-            x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-            y = torch.from_numpy(train_set.labels[idx]).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model.image_logits(x), y)
+            if points:
+                images, target, weight = point_batch(images, [train_set.figures[i] for i in idx], augment, rng,
+                                                     model.stride, positive_px, ignore_px)
+                x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+                loss = rdlm_focal_loss(model.logit_maps(x)[:, 0], torch.from_numpy(target), torch.from_numpy(weight))
+            else:
+                images = augment(images, rng) if augment is not None else dihedral(images, rng)
+                x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+                y = torch.from_numpy(train_set.labels[idx]).float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model.image_logits(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -236,6 +292,13 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
             best, best_state = metrics, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     return best, best_state
+
+
+def label_type(t_cfg: dict) -> str:
+    labels = str(t_cfg.get("labels", "image"))
+    if labels not in ("image", "points"):
+        raise ValueError(f"train.labels {labels!r}: choose image (the paper's) or points")
+    return labels
 
 
 def context_px(model: WeakFCN) -> int:
@@ -283,6 +346,11 @@ def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run
     t_best, t_state = fit(teacher, train_set, val_images, val_fields, t_cfg, True, "teacher", run_dir, log,
                           radius_um, min_distance_um)
     save(teacher, t_best, t_state, run_dir / "teacher.pt", "teacher")
+    if label_type(t_cfg) == "points":
+        log(f"point labels: nothing to distil, the teacher is the model (mean recall {t_best['mean_recall']:.3f}, "
+            f"HPF-F1 {t_best['hpf_f1']:.3f} at threshold {t_best['threshold']:.4f})")
+        save(teacher, t_best, t_state, run_dir / "best.pt", "teacher")
+        return t_best
     threshold = roc_operating_threshold(val_images.labels, image_scores(teacher, val_images.images))
     positive = train_set.labels == 1
     kept = distil(teacher, train_set.select(positive), threshold, radius_um / 0.25)
