@@ -121,12 +121,55 @@ def test_point_labels_move_with_the_strong_augmentation():
         assert len(xs) and np.hypot(xs.mean() * 4 + 1.5 - bx.mean(), ys.mean() * 4 + 1.5 - by.mean()) < 4
 
 
+def test_glass_edges_whiten_one_side_and_stay_clear_of_every_figure():
+    from mitoqp.training.uts import glass_edges
+
+    rng = np.random.default_rng(0)
+    images = np.full((200, 48, 48, 3), 100, np.uint8)
+    figures = [np.array([[rng.uniform(12, 36), rng.uniform(12, 36)]]) if i % 2 else np.zeros((0, 2)) for i in range(200)]
+    out = glass_edges(images, figures, 1.0, rng, clear_px=6)
+    assert (images == 100).all()  # a copy
+    cut = 0
+    for im, figs in zip(out, figures):
+        white = (im == 255).all(axis=2)
+        if not white.any():
+            continue
+        cut += 1
+        cols, rows = white.all(axis=0), white.all(axis=1)
+        band = cols if cols.any() else rows  # one straight band from one side
+        assert white.sum() == band.sum() * 48 and (band[0] or band[-1]) and 6 <= band.sum() <= 24
+        idx = np.flatnonzero(band)
+        assert idx.max() - idx.min() + 1 == len(idx)
+        for x, y in figs:
+            c = x if cols.any() else y
+            assert np.abs(idx + 0.5 - c).min() >= 6  # the figure and its surroundings stay tissue
+    assert cut > 150
+    assert (glass_edges(images, figures, 0.0, rng, 6) == images).all()
+
+
+def test_the_training_check_runs_each_field_in_glass_as_the_runtime_does(tmp_path):
+    from mitoqp.training.uts import context_px, field_maps
+
+    torch.manual_seed(0)
+    model = WeakFCN((8, 8, 16, 16)).eval()
+    fields = synthetic_fields(tmp_path, 2, "validation", 0)
+    maps = field_maps(model, fields, glass_px=context_px(model))
+    with torch.no_grad():
+        bare = model(torch.from_numpy(np.stack([f.image() for f in fields])).permute(0, 3, 1, 2).float())[:, 0].numpy()
+    assert maps[0].shape == bare[0].shape
+    r = context_px(model) // 4
+    inner = slice(r, bare.shape[1] - r)
+    assert np.allclose(maps[0][inner, inner], bare[0][inner, inner], atol=1e-6)  # aligned: same pixels seen
+    assert not np.allclose(maps[0], bare[0], atol=1e-4)  # the edges see glass, not the network's zero padding
+
+
 def test_uts_recipe_with_point_labels_trains_one_model_without_distillation(tmp_path):
     from mitoqp.training.uts import train_uts
 
     tr, va = synthetic_fields(tmp_path, 12, "train", 0), synthetic_fields(tmp_path, 4, "validation", 1)
     cfg = {"method": "uts", "model": {"image": 48, "widths": [8, 8, 16, 16]}, "dense": {"tile": 128},
-           "train": {"epochs": 1, "epoch_samples": 32, "batch": 16, "threads": 1, "lr": 0.01, "labels": "points"}}
+           "train": {"epochs": 1, "epoch_samples": 32, "batch": 16, "threads": 1, "lr": 0.01, "labels": "points",
+                     "glass_share": 0.3}}
     logs = []
     best = train_uts(cfg, tr, va, tmp_path / "run", logs.append)
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "teacher.pt").exists()
@@ -135,3 +178,6 @@ def test_uts_recipe_with_point_labels_trains_one_model_without_distillation(tmp_
     cfg["train"]["labels"] = "boxes"
     with pytest.raises(ValueError, match="train.labels"):
         train_uts(cfg, tr, va, tmp_path / "run2", logs.append)
+    cfg["train"]["labels"] = "image"
+    with pytest.raises(ValueError, match="glass_share"):
+        train_uts(cfg, tr, va, tmp_path / "run3", logs.append)

@@ -48,7 +48,7 @@ from scipy import ndimage
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
 from mitoqp.metrics import match_detections, roc_auc
-from mitoqp.patches import extract_patches
+from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.peaks import find_peaks
 from mitoqp.training.fcn import WeakFCN, build_fcn, receptive_radius
 from mitoqp.training.model import count_macs
@@ -166,26 +166,62 @@ class StrongAugment:
         return np.stack(out), moved
 
 
+def glass_edges(images: np.ndarray, figures: list, share: float, rng: np.random.Generator, clear_px: float,
+                min_px: int = 6) -> np.ndarray:
+    """A copy of the images where a share ends at glass: a band along one side, up to half the image, glass-white.
+
+    The runtime runs a field, and a slide's border, in a glass-white tile; crops of tissue alone never show a
+    network that edge. The band stops `clear_px` short of every figure, so no label changes; an image where
+    that leaves less than `min_px` of band stays whole.
+    """
+    images = images.copy()
+    size = images.shape[1]
+    for i in np.flatnonzero(rng.random(len(images)) < share):
+        side = int(rng.integers(4))  # glass at left, right, top, bottom
+        depth = int(rng.integers(min_px, size // 2 + 1))
+        figs = np.asarray(figures[i], float).reshape(-1, 2)
+        if len(figs):
+            coord = figs[:, side // 2]  # x for left/right, y for top/bottom
+            room = coord if side % 2 == 0 else size - coord
+            depth = min(depth, int(np.floor(room.min() - clear_px)))
+        if depth < min_px:
+            continue
+        band = slice(0, depth) if side % 2 == 0 else slice(size - depth, size)
+        if side < 2:
+            images[i, :, band] = PAD_VALUE
+        else:
+            images[i, band] = PAD_VALUE
+    return images
+
+
 def point_batch(images: np.ndarray, figures: list, augment: "StrongAugment | None", rng: np.random.Generator,
-                stride: int, positive_px: float, ignore_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                stride: int, positive_px: float, ignore_px: float, glass_share: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented images with their centre-map targets and weights (point labels)."""
     from mitoqp.training.pointmap import dihedral_pair, point_targets  # pointmap imports this module
 
     if augment is not None:
         images, figures = augment.distort_points(images, figures)
+    if glass_share > 0:
+        images = glass_edges(images, figures, glass_share, rng, ignore_px)
     target, weight = point_targets(figures, images.shape[1], stride, positive_px, ignore_px)
     images, (target, weight) = dihedral_pair(images, [target, weight], rng)
     return images, target, weight
 
 
-def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64) -> list[np.ndarray]:
-    """The probability map of each whole field (all fields share a size)."""
+def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64, glass_px: int = 0) -> list[np.ndarray]:
+    """The probability map of each whole field (all fields share a size); `glass_px` > 0 sets each field in that
+    much glass-white first, as the runtime runs it (a multiple of the stride)."""
     maps = []
+    pad = glass_px
+    cut = pad // model.stride
     model.eval()
     with torch.no_grad():
         for i in range(0, len(fields), batch):
             x = np.stack([f.image() for f in fields[i:i + batch]])
-            maps += list(model(torch.from_numpy(x).permute(0, 3, 1, 2).float())[:, 0].numpy())
+            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+            m = model(torch.from_numpy(x).permute(0, 3, 1, 2).float())[:, 0].numpy()
+            maps += list(m[:, cut:m.shape[1] - cut, cut:m.shape[2] - cut])
     return maps
 
 
@@ -193,7 +229,7 @@ def localisation(model: WeakFCN, fields: list[Field], radius_um: float, min_dist
                  floor: float = 0.05) -> dict:
     """Peaks of each validation field's map matched to its figures: the recipe's FROC, HPF-F1 and mean recall."""
     matches, area_mm2 = [], 0.0
-    for f, m in zip(fields, field_maps(model, fields)):
+    for f, m in zip(fields, field_maps(model, fields, glass_px=context_px(model))):  # as the runtime sees a field
         xy, s = find_peaks(m, floor, min_distance_um / (f.mpp * model.stride))
         xy = xy * model.stride + (model.stride - 1) / 2
         matches.append(match_detections(xy, s, f.figures, radius_um / f.mpp, f.lookalikes))
@@ -256,6 +292,9 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
     if points:
         from mitoqp.training.rdlm import rdlm_focal_loss  # it imports pointmap, which imports this module
     positive_px, ignore_px = float(t_cfg.get("positive_um", 3.0)) / 0.25, float(t_cfg.get("ignore_um", 6.0)) / 0.25
+    glass_share = float(t_cfg.get("glass_share", 0.0))
+    if glass_share and not points:
+        raise ValueError("train.glass_share needs train.labels = \"points\" (image labels keep the paper's crops)")
     pos, neg = np.flatnonzero(train_set.labels == 1), np.flatnonzero(train_set.labels == 0)
     best, best_state = {"mean_recall": -1.0}, None
     for epoch in range(1, epochs + 1):
@@ -267,7 +306,7 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
             images = train_set.images[idx]
             if points:
                 images, target, weight = point_batch(images, [train_set.figures[i] for i in idx], augment, rng,
-                                                     model.stride, positive_px, ignore_px)
+                                                     model.stride, positive_px, ignore_px, glass_share)
                 x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
                 loss = rdlm_focal_loss(model.logit_maps(x)[:, 0], torch.from_numpy(target), torch.from_numpy(weight))
             else:
