@@ -31,7 +31,9 @@ network on the same crops, with the same strong augmentation (the points move
 with the distortions), from the figure points instead of the image labels: a
 centre map, 1 within `positive_um` of a point, not counted out to `ignore_um`,
 under RDLM's focal loss. Points say where figures are, so there is nothing to
-distil: the teacher is the model.
+distil: the teacher is the model. `train.glass_share` ends that share of the
+crops at glass-white, as fields and slide borders end in the runtime; without
+it the point-trained map fires at the tissue's edge.
 """
 
 from __future__ import annotations
@@ -213,13 +215,12 @@ def field_maps(model: WeakFCN, fields: list[Field], batch: int = 64, glass_px: i
     """The probability map of each whole field (all fields share a size); `glass_px` > 0 sets each field in that
     much glass-white first, as the runtime runs it (a multiple of the stride)."""
     maps = []
-    pad = glass_px
-    cut = pad // model.stride
+    cut = glass_px // model.stride
     model.eval()
     with torch.no_grad():
         for i in range(0, len(fields), batch):
             x = np.stack([f.image() for f in fields[i:i + batch]])
-            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+            x = np.pad(x, ((0, 0), (glass_px, glass_px), (glass_px, glass_px), (0, 0)), constant_values=PAD_VALUE)
             m = model(torch.from_numpy(x).permute(0, 3, 1, 2).float())[:, 0].numpy()
             maps += list(m[:, cut:m.shape[1] - cut, cut:m.shape[2] - cut])
     return maps
