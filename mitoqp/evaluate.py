@@ -8,6 +8,8 @@ mm^2 and the HPF-equivalent F1, with 95% bootstrap intervals over fields.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class FieldOutcome:
     cand_label: np.ndarray  # +1 positive candidate, 0 negative, -1 neither (near a figure, not its nearest)
     area_mm2: float  # the field's area
     atypical: np.ndarray | None = None  # per candidate, with a subtype head
+    size_px: tuple[int, int] = (0, 0)  # the field's width and height
 
 
 def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
@@ -54,7 +57,7 @@ def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False)
         m = match_detections(res.xy, res.scores, f.figures, radius, f.lookalikes)
         pos, neg = label_candidates(res.xy, f.figures, radius)
         out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2,
-                                res.atypical))
+                                res.atypical, (w, h)))
     return out
 
 
@@ -239,6 +242,28 @@ def evaluate_slides(paths: list[Path], model: Model, threshold: float, fallback_
     return rows
 
 
+SCORES_COLUMNS = ("set", "field", "x_px", "y_px", "score", "detected", "outcome", "edge_um")
+
+
+def scores_csv(outcomes: dict[str, list[FieldOutcome]], threshold: float) -> str:
+    """Every scored point (candidate or map peak) of every field: where a model's false detections lie, to look at.
+
+    `outcome` is what the one-to-one matching made of the point: `figure`, `look-alike` (unmatched, on a labelled
+    look-alike) or `other`; `edge_um` is its distance to the field's nearest edge, where a field's tissue ends.
+    """
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(SCORES_COLUMNS)
+    for name, outs in sorted(outcomes.items()):
+        for o in outs:
+            w, h = o.size_px
+            for (x, y), s, tp, la in zip(o.xy, o.match.det_scores, o.match.det_is_tp, o.match.det_on_lookalike):
+                edge = min(x, y, w - x, h - y) * o.field.mpp
+                out.writerow((name, o.field.name, f"{x:.1f}", f"{y:.1f}", f"{s:.6f}", int(s >= threshold),
+                              "figure" if tp else "look-alike" if la else "other", f"{edge:.2f}"))
+    return buf.getvalue()
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Evaluation of `{report['model']['id']}` (threshold {report['threshold']:.4f})", "",
              f"Match radius {MATCH_RADIUS_UM} um, one-to-one. HPF-equivalent F1: precision recomputed at "
@@ -306,6 +331,7 @@ def evaluate_main(args) -> dict:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     t0 = time.time()
     outcomes = {k: run_fields(v, model, args.stain_normalise) for k, v in sorted(sets.items())}
+    scores = scores_csv(outcomes, threshold)  # before the pooled sets join, so each field is listed once
     report = {"model": {"id": model.id, "sha256": model.sha256, "macs_per_patch": model.config.get("macs_per_patch")},
               "options": {"tta": args.tta, "stain_normalise": args.stain_normalise, "backend": model.backend.name,
                           "limit": args.limit, "splits": args.splits, "candidates": model.candidates.to_dict()},
@@ -328,5 +354,6 @@ def evaluate_main(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "evaluation.json", report)
     write_text_atomic(args.out / "evaluation.md", markdown(report))
+    write_text_atomic(args.out / "scores.csv", scores)
     print(markdown(report))
     return report

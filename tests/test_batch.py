@@ -223,6 +223,14 @@ def test_evaluate_command_writes_json_and_markdown(default_model, tmp_path):
     assert s["fields"] == 12 and 0 <= s["operating_point"]["recall"] <= 1 and "hpf_f1" in s["ci95"]
     assert report["padding"]["positives"] > 0
     assert "| test/all |" in (out / "evaluation.md").read_text()
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert {r["set"] for r in rows} <= set(report["sets"]) - {"validation/all", "test/all"}
+    for name in ("validation/all", "external/atnorm-br"):  # the listed detections are the report's
+        listed = [r for r in rows if r["detected"] == "1" and (r["set"] == name or name.endswith("/all") and
+                                                               r["set"].startswith(name.split("/")[0] + "/"))]
+        op = report["sets"][name]["operating_point"]
+        assert sum(r["outcome"] != "figure" for r in listed) == op["fp"]
+        assert sum(r["outcome"] == "figure" for r in listed) == op["tp"]
 
 
 def test_train_and_export_bad_inputs_are_one_line_errors(tmp_path, capsys):

@@ -183,3 +183,20 @@ def test_a_share_of_composed_crops_lies_on_glass(tmp_path):
     corners = crops[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # the four corners: background unless a rectangle covers them
     on_glass = (corners == PAD_VALUE).all(axis=2).any(axis=1)
     assert 0.2 < on_glass.mean() < 0.4 and all(len(f) for f in figures)
+
+
+def test_tissue_on_glass_does_not_say_a_figure_is_there(tmp_path):
+    """Slide crops lie on glass as often as field crops: were only fields put on glass, glass would mean a figure."""
+    from mitoqp.patches import PAD_VALUE
+
+    src = CropSource.build(synthetic_fields(tmp_path, 4, "train", 0))
+    src.negatives = np.full((2, 112, 112, 3), 200, np.uint8)
+    crops, figures = src.draw(96, 800, 0.5, np.random.default_rng(1), glass_share=0.3)
+    on_glass = (crops[:, [0, 0, -1, -1], [0, -1, 0, -1]] == PAD_VALUE).all(axis=2).any(axis=1)
+    has_figure = np.array([len(f) > 0 for f in figures])
+    assert has_figure[:400].all() and not has_figure[400:].any()
+    assert 0.2 < on_glass[:400].mean() < 0.4 and 0.2 < on_glass[400:].mean() < 0.4
+    slide_glass = crops[400:][on_glass[400:]]
+    assert ((slide_glass == 200).all(axis=3).sum(axis=(1, 2)) >= 40 * 40).all()  # a tissue rectangle on each
+    plain, _ = src.draw(96, 400, 0.5, np.random.default_rng(1), glass_share=0.0)
+    assert not (plain == PAD_VALUE).all(axis=3).any()  # no glass unless asked

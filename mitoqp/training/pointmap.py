@@ -68,20 +68,31 @@ class CropSource:
              min_rect: int = 40, margin: int = 8, glass_share: float = 0.0) -> tuple[np.ndarray, list]:
         """`batch` composed crops of `size` px (see the module's note), a share `slide_share` slide tissue only.
 
-        A share `glass_share` of the field rectangles is pasted onto glass (the
-        runtime's padding white) instead of tissue: a slide's tissue ends at glass,
-        and a field run alone sits in a glass-white tile.
+        A share `glass_share` of the crops is glass (the runtime's padding white)
+        with a rectangle of tissue on it: a slide's tissue ends at glass, and a
+        field run alone sits in a glass-white tile. The same share of the slide
+        crops gets it too, a rectangle of figure-free slide tissue on glass; were
+        only field rectangles put on glass, tissue on glass would always hold a
+        figure, and the network would learn that instead.
         Returns the crops and the figure centres in each crop's pixels.
         """
         n_slide = int(round(batch * slide_share)) if len(self.negatives) else 0
         out = np.empty((batch, size, size, 3), np.uint8)
         figures = []
         for i in range(batch):
-            glass = i < batch - n_slide and rng.random() < glass_share
-            out[i] = PAD_VALUE if glass else self.background(size, rng)
             if i >= batch - n_slide:
+                out[i] = self.background(size, rng)
+                if glass_share > 0 and rng.random() < glass_share:  # a rectangle of the slide tissue, on glass
+                    w, h = (int(v) for v in rng.integers(min_rect, min(size, FIELD) + 1, 2))
+                    rx, ry = (int(v) for v in rng.integers(0, [size - w + 1, size - h + 1]))
+                    cx, cy = (int(v) for v in rng.integers(0, [size - w + 1, size - h + 1]))
+                    rect = out[i, ry:ry + h, rx:rx + w].copy()
+                    out[i] = PAD_VALUE
+                    out[i, cy:cy + h, cx:cx + w] = rect
                 figures.append(np.zeros((0, 2)))
                 continue
+            glass = rng.random() < glass_share
+            out[i] = PAD_VALUE if glass else self.background(size, rng)
             j = int(rng.integers(0, len(self.fields)))
             figs = self.figures[j]
             w, h = (int(v) for v in rng.integers(min_rect, min(size, FIELD) + 1, 2))
