@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mitoqp.candidates import CandidateParams
+from mitoqp.datasets.amibr import SOURCES
 from mitoqp.io_utils import atomic_path, write_json_atomic
 from mitoqp.runtime.nchw import to_nchw
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -108,6 +109,7 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     m_cfg = cfg.get("model", {})
     subtype = getattr(model, "subtype_head", None) is not None
     dense = ckpt.get("kind") == "dense"
+    held_out = list(cfg.get("data", {}).get("hold_out", []))
     config = {
         "id": (extra or {}).get("id", out_dir.name),
         "kind": "dense" if dense else "patch",
@@ -127,7 +129,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "candidates": ckpt["candidates"],
         "nms_um": float(ckpt.get("nms_um", ckpt["candidates"]["merge_um"])),
         "macs_per_patch": int(ckpt.get("macs", 0)),
-        "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels",
+        "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels"
+                         + "".join(f", without {SOURCES.get(k, k)}" for k in held_out),
         "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s.get("train_region"),
                              "annotated": bool(s.get("annotations"))} for s in cfg.get("data", {}).get("slides", [])],
         "validation_metrics": ckpt.get("val_metrics", {}),
@@ -137,6 +140,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "onnx_sha256": sha256_file(onnx_path),
         "torch_sha256": sha256_file(torch_path),
     }
+    if held_out:
+        config["held_out_sources"] = held_out
     if dense:
         config["dense"] = ckpt["dense"]
         config["method"] = ckpt.get("method")
@@ -331,6 +336,8 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         print(json.dumps(config["parity"]))
     else:
         config = json.loads((out_dir / "model.json").read_text())
+    held_out = config.get("held_out_sources", [])
+    fields = [f for f in fields if f.source not in held_out]  # a held-out scanner chooses nothing
     if model_id and config.get("id") != model_id:
         config["id"] = model_id
         write_json_atomic(out_dir / "model.json", config)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mitoqp.datasets import Field, read_amibr, read_atnorm
+from mitoqp.datasets.amibr import check_sources
 from mitoqp.dense import tiles_per_batch
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
 from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
@@ -320,6 +321,9 @@ def evaluate_main(args) -> dict:
                        prefilter=getattr(args, "prefilter", True))
     threshold = model.threshold if args.threshold is None else args.threshold
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in ("validation", "test", "atnorm-br") and not s.startswith("holdout:")]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}: validation, test, atnorm-br or holdout:SOURCE")
     sets: dict[str, list[Field]] = {}
     amibr_splits = {s for s in splits if s in ("validation", "test")}
     if amibr_splits:
@@ -327,6 +331,17 @@ def evaluate_main(args) -> dict:
             sets.setdefault(f"{f.split}/{f.dataset}", []).append(f)
     if "atnorm-br" in splits:
         sets["external/atnorm-br"] = read_atnorm(args.atnorm)
+    held_out = [s.split(":", 1)[1] for s in splits if s.startswith("holdout:")]
+    if held_out:
+        check_sources(held_out)
+        unseen = model.config.get("held_out_sources", [])
+        for key in held_out:
+            if key not in unseen:
+                raise ValueError(f"{model.id} was trained on {key}: holdout:{key} needs a model trained with "
+                                 f"data.hold_out = [\"{key}\"]")
+        for f in read_amibr(args.amibr, args.midog_json, {"train", "validation"}):
+            if f.source in held_out:  # its train and validation fields; its test fields stay with test
+                sets.setdefault(f"holdout/{f.source}", []).append(f)
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     t0 = time.time()

@@ -349,3 +349,19 @@ def test_activity_index_and_hotspot_tissue_fraction():
     assert tissue_fraction(tissue, (100 * 32.0, 100 * 32.0), 40 * 32.0, "circle") == pytest.approx(0.5, abs=0.02)
     assert tissue_fraction(tissue, (50 * 32.0, 100 * 32.0), 40 * 32.0, "square") == pytest.approx(1.0)
     assert tissue_fraction(tissue, (190 * 32.0, 100 * 32.0), 10 * 32.0, "square") == 0.0
+
+
+@needs_data
+def test_evaluate_on_a_held_out_scanner_only_for_a_model_that_never_saw_it(tiny_model_dir, tmp_path, capsys):
+    args = ["evaluate", "--splits", "holdout:midog21-xr", "--limit", "5", "--bootstrap", "0", "--slides"]
+    assert main([*args, "--model", str(tiny_model_dir), "-o", str(tmp_path / "refused")]) != 0
+    assert "was trained on midog21-xr" in capsys.readouterr().err
+    held = tmp_path / "held"
+    shutil.copytree(tiny_model_dir, held)
+    config = json.loads((held / "model.json").read_text())
+    (held / "model.json").write_text(json.dumps({**config, "held_out_sources": ["midog21-xr"]}))
+    assert main([*args, "--model", str(held), "-o", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(report["sets"]) == {"holdout/midog21-xr"} and report["sets"]["holdout/midog21-xr"]["fields"] == 5
+    assert main([*args[:2], "holdout:midog21-xr,tset", *args[3:], "--model", str(held), "-o", str(tmp_path / "x")]) != 0
+    assert "unknown split 'tset'" in capsys.readouterr().err

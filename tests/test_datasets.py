@@ -7,7 +7,7 @@ import pytest
 
 from conftest import AMIBR, MIDOG_JSON, SHARED, needs_data
 from mitoqp.datasets import read_amibr, read_atnorm, read_coco, read_qupath_points
-from mitoqp.datasets.amibr import split_of
+from mitoqp.datasets.amibr import SOURCES, check_sources, source_of, split_of
 
 
 def test_split_rules_from_the_readme():
@@ -72,3 +72,19 @@ def test_qupath_points_reader(tmp_path):
     path = tmp_path / "pts.geojson"
     path.write_text(json.dumps(doc))
     np.testing.assert_allclose(read_qupath_points(path), [[10, 20], [2, 2], [1, 1], [2, 2]])
+
+
+def test_sources_of_slides():
+    assert source_of("MIDOG21", "001.tiff") == "midog21-xr" and source_of("MIDOG21", "050.tiff") == "midog21-xr"
+    assert source_of("MIDOG21", "051.tiff") == "midog21-s360" and source_of("MIDOG21", "150.tiff") == "midog21-cs2"
+    assert source_of("TUPAC16", "04_stitched1.tif") == "tupac16"
+    check_sources(list(SOURCES))
+    with pytest.raises(ValueError, match="unknown source 'midog21-gt450'"):
+        check_sources(["midog21-gt450"])
+
+
+@needs_data
+def test_every_amibr_field_knows_its_source():
+    fields = read_amibr(AMIBR, MIDOG_JSON, {"train", "validation"})
+    counts = {key: sum(f.source == key for f in fields) for key in SOURCES}
+    assert counts == {"midog21-xr": 412, "midog21-s360": 518, "midog21-cs2": 642, "tupac16": 1888}

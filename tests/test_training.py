@@ -144,3 +144,31 @@ def test_samples_from_a_lab_annotated_field_image(tmp_path):
          "properties": {"classification": {"name": "Mitotic figure", "color": [255, 0, 0]}}}]}))
     s = slide_samples(tmp_path / "field.png", 0.25, CandidateParams(), 112, figures=read_qupath_points(tmp_path / "points.geojson"))
     assert int((s.labels == 1).sum()) == 1 and int((s.labels == 0).sum()) == 2
+
+
+def test_a_held_out_source_is_recorded_in_the_exported_model(tmp_path):
+    tr, va = synthetic_fields(tmp_path, 16, "train", 0), synthetic_fields(tmp_path, 8, "validation", 1)
+    cfg = {"data": {"hold_out": ["midog21-xr"]}, "model": {"patch": 32, "widths": [8, 8, 16, 16]},
+           "train": {"epochs": 1, "epoch_samples": 128, "batch": 32, "jitter": 4, "threads": 1}}
+    train(cfg, tr, va, tmp_path / "run", log=lambda m: None)
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in va])
+    config = export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches)
+    assert config["held_out_sources"] == ["midog21-xr"]
+    assert config["training_data"].endswith("without MIDOG21 Hamamatsu XR")
+
+
+@needs_data
+def test_a_held_out_scanner_is_neither_trained_on_nor_chosen_by(tmp_path, monkeypatch):
+    import mitoqp.training.train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, tr, va, *a: seen.update(train=tr, validation=va) or {})
+    cfg = tmp_path / "held.toml"
+    cfg.write_text(f'[data]\namibr = "{AMIBR}"\nmidog_json = "{MIDOG_JSON}"\nhold_out = ["midog21-xr"]\n')
+    train_from_config(cfg, tmp_path / "run")
+    assert len(seen["train"]) == 3169 - 398 and len(seen["validation"]) == 291 - 14
+    assert not any(f.source == "midog21-xr" for f in seen["train"] + seen["validation"])
+    assert "holding out midog21-xr: 412 fields" in (tmp_path / "run" / "train.log").read_text()
+    cfg.write_text(f'[data]\namibr = "{AMIBR}"\nhold_out = ["midog21-gt450"]\n')
+    with pytest.raises(ValueError, match="unknown source"):
+        train_from_config(cfg, tmp_path / "run2")

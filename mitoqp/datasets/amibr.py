@@ -29,6 +29,28 @@ SPLITS = {
 }
 
 
+# The sources a field can come from, by key: MIDOG21 cases 1-50, 51-100 and 101-150
+# were scanned on three scanners (Aubreville et al. 2023); TUPAC16 is one source.
+SOURCES = {"midog21-xr": "MIDOG21 Hamamatsu XR", "midog21-s360": "MIDOG21 Hamamatsu S360",
+           "midog21-cs2": "MIDOG21 Aperio CS2", "tupac16": "TUPAC16"}
+
+
+def source_of(dataset: str, slide: str) -> str:
+    """The key in SOURCES of a slide's scanner or dataset: what `data.hold_out` names."""
+    if dataset != "MIDOG21":
+        return dataset.lower()
+    m = re.match(r"\d+", slide)
+    case = int(m.group()) if m else 0
+    return {0: "midog21-xr", 1: "midog21-s360", 2: "midog21-cs2"}.get((case - 1) // 50, "midog21-other")
+
+
+def check_sources(keys: list[str]) -> None:
+    """A one-line ValueError for a source key that names no source."""
+    for key in keys:
+        if key not in SOURCES:
+            raise ValueError(f"unknown source {key!r}: one of {', '.join(SOURCES)}")
+
+
 def split_of(dataset: str, slide: str) -> str:
     m = re.match(r"\d+", slide)
     if not m or dataset not in SPLITS:
@@ -72,7 +94,8 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
             origin = np.array([cx - PATCH / 2, cy - PATCH / 2])
             figures = _inside(coco[slide]["figures"] - origin)
             lookalikes = _inside(coco[slide]["lookalikes"] - origin)
-        fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical, votes))
+        fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical, votes,
+                            source_of(dataset, slide)))
     return fields
 
 

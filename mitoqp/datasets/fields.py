@@ -22,6 +22,7 @@ class Field:
     mpp: float = 0.25
     atypical: bool = False
     atypical_votes: int = -1  # experts (of 3) who called the figure atypical; -1 where not known
+    source: str = ""  # scanner or dataset key (mitoqp.datasets.amibr.SOURCES); "" where not known
 
     def image(self) -> np.ndarray:
         return load_rgb(self.path)

@@ -15,7 +15,7 @@ NUMBER = (int, float)
 TOP = {"method": str, "match_radius_um": NUMBER, "nms_um": NUMBER,
        "data": dict, "model": dict, "train": dict, "candidates": dict, "dense": dict}
 SECTIONS: dict[str, dict[str, type | tuple]] = {
-    "data": {"amibr": str, "midog_json": str, "slides": list, "limit_fields": int},
+    "data": {"amibr": str, "midog_json": str, "slides": list, "limit_fields": int, "hold_out": list},
     "model": {"patch": int, "widths": list, "se": bool, "subtype": bool, "input_pool": int, "input_norm": str, "efdmix_p": NUMBER, "efdmix_alpha": NUMBER,
               "child_classes": int, "crop": int, "image": int, "k": int, "m": int, "glb": bool,
               "discriminators": int, "ndf": int, "ngf": int, "global_blocks": int, "local_blocks": int},

@@ -10,13 +10,13 @@ only: nothing reads its numbers.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from mitoqp.datasets import Field, read_amibr, read_atnorm
+from mitoqp.datasets.amibr import SOURCES
 from mitoqp.stain_normalise import estimate
 
 
@@ -55,7 +55,7 @@ def survey(amibr: Path, midog_json: Path | None, atnorm: Path | None, per_group:
     by_slide: dict[tuple[str, str], list[Field]] = defaultdict(list)
     for f in read_amibr(amibr, midog_json, {"train"}):
         slide = slide_by_name.get(f.name, f.name)
-        by_slide[(source_for(f.dataset, slide), slide)].append(f)
+        by_slide[(SOURCES.get(f.source, f.source), slide)].append(f)
     rows_by_source: dict[str, list[dict]] = defaultdict(list)
     for (source, slide), fields in sorted(by_slide.items()):
         for r in measure({slide: [f.image() for f in fields[:per_group]]}):
@@ -68,12 +68,3 @@ def survey(amibr: Path, midog_json: Path | None, atnorm: Path | None, per_group:
         groups = {f"atnorm-{i}": [fields[j].image() for j in rng.choice(len(fields), 20, replace=False)] for i in range(20)}
         out["external_for_reference_only"] = {"atnorm-br (random groups of 20 fields)": summarise_rows(measure(groups))}
     return out
-
-
-def source_for(dataset: str, slide: str) -> str:
-    """MIDOG21 cases 1-50, 51-100 and 101-150 come from three scanners (Aubreville et al. 2023)."""
-    if dataset != "MIDOG21":
-        return dataset
-    m = re.match(r"\d+", slide)
-    case = int(m.group()) if m else 0
-    return {0: "MIDOG21 Hamamatsu XR", 1: "MIDOG21 Hamamatsu S360", 2: "MIDOG21 Aperio CS2"}.get((case - 1) // 50, "MIDOG21 other")

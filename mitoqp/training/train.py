@@ -25,6 +25,7 @@ import torch
 
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
+from mitoqp.datasets.amibr import check_sources
 from mitoqp.roi import read_roi
 from mitoqp.training.recipe import check_recipe
 from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc, smoothed_threshold
@@ -401,6 +402,11 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
     fields = read_amibr(Path(data["amibr"]), Path(data["midog_json"]) if data.get("midog_json") else None,
                         {"train", "validation"})
     limit = data.get("limit_fields")
+    held_out = list(data.get("hold_out", []))
+    check_sources(held_out)
+    if held_out:  # a scanner the model never sees, not even to pick its epoch: `evaluate --splits holdout:KEY`
+        log(f"holding out {', '.join(held_out)}: {sum(f.source in held_out for f in fields)} fields")
+        fields = [f for f in fields if f.source not in held_out]
     train_fields = [f for f in fields if f.split == "train"][:limit]
     val_fields = [f for f in fields if f.split == "validation"][:limit]
     log(f"config {config_path}: {len(train_fields)} training and {len(val_fields)} validation fields")
