@@ -326,15 +326,17 @@ def evaluate_main(args) -> dict:
         raise ValueError(f"unknown split {unknown[0]!r}: validation, test, atnorm-br or holdout:SOURCE")
     sets: dict[str, list[Field]] = {}
     amibr_splits = {s for s in splits if s in ("validation", "test")}
+    unseen = model.config.get("held_out_sources", [])
     if amibr_splits:
         for f in read_amibr(args.amibr, args.midog_json, amibr_splits):
+            if f.split == "validation" and f.source in unseen:  # validation as the model's training chose on it
+                continue
             sets.setdefault(f"{f.split}/{f.dataset}", []).append(f)
     if "atnorm-br" in splits:
         sets["external/atnorm-br"] = read_atnorm(args.atnorm)
     held_out = [s.split(":", 1)[1] for s in splits if s.startswith("holdout:")]
     if held_out:
         check_sources(held_out)
-        unseen = model.config.get("held_out_sources", [])
         for key in held_out:
             if key not in unseen:
                 raise ValueError(f"{model.id} was trained on {key}: holdout:{key} needs a model trained with "

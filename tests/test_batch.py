@@ -363,5 +363,9 @@ def test_evaluate_on_a_held_out_scanner_only_for_a_model_that_never_saw_it(tiny_
     assert main([*args, "--model", str(held), "-o", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["sets"]) == {"holdout/midog21-xr"} and report["sets"]["holdout/midog21-xr"]["fields"] == 5
+    assert main(["evaluate", "--splits", "validation", "--bootstrap", "0", "--slides", "--model", str(held),
+                 "-o", str(tmp_path / "val")]) == 0  # validation as the model's training saw it: without its held-out scanner
+    report = json.loads((tmp_path / "val" / "evaluation.json").read_text())
+    assert report["sets"]["validation/all"]["fields"] == 291 - 14
     assert main([*args[:2], "holdout:midog21-xr,tset", *args[3:], "--model", str(held), "-o", str(tmp_path / "x")]) != 0
     assert "unknown split 'tset'" in capsys.readouterr().err
