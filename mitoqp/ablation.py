@@ -2,6 +2,7 @@
 
 Each row is `LABEL=EVAL_DIR[,EVAL_DIR...]`, one evaluation folder per seed. A
 cell is the mean over seeds, with the spread (min-max) when there are several.
+A held-out scanner (`evaluate --splits holdout:SOURCE`) gets its own columns.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def row_values(reports: list[dict]) -> dict[str, list[float]]:
         val = r["sets"].get("validation/all")
         if val is not None and mean_recall(val["froc_recall_at_fp_per_mm2"]) is not None:
             cols.setdefault("validation mean recall", []).append(mean_recall(val["froc_recall_at_fp_per_mm2"]))
-        for key, short in SETS:
+        held_out = [(k, f"held-out {k.split('/', 1)[1]}") for k in sorted(r["sets"]) if k.startswith("holdout/")]
+        for key, short in (*held_out, *SETS):
             s = r["sets"].get(key)
             if s is None:
                 continue

@@ -375,6 +375,18 @@ def test_ablation_adds_mean_recall_over_1_to_64_fp_per_mm2_when_every_level_is_t
     assert "AtNorM-Br mean recall" not in cols  # its FROC lacks levels: no column rather than a wrong mean
 
 
+def test_ablation_gives_a_held_out_scanner_its_own_columns(tmp_path):
+    from mitoqp.ablation import ablation_table
+
+    report = fake_report(0.8, 0.5)
+    report["sets"]["holdout/midog21-xr"] = {**report["sets"]["test/all"], "operating_point": {"hpf_f1": 0.42}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "evaluation.json").write_text(json.dumps(report))
+    header, _, row = ablation_table([f"a={tmp_path / 'a'}"]).splitlines()
+    cols = dict(zip(header.split(" | "), row.split(" | ")))
+    assert cols["held-out midog21-xr HPF-F1"] == "0.420" and cols["test HPF-F1"] == "0.800"
+
+
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
 def test_evaluate_reports_subtype_and_patch_cost(tiny_subtype_model_dir, tmp_path):
     out = tmp_path / "eval"
