@@ -316,17 +316,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_main(args) -> dict:
-    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0,
-                       prefilter=getattr(args, "prefilter", True))
-    threshold = model.threshold if args.threshold is None else args.threshold
+def evaluation_sets(args, unseen: list[str], model_id: str) -> dict[str, list[Field]]:
+    """The fields of each set `args.splits` names; `unseen`: the sources the model was trained without."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in ("validation", "test", "atnorm-br") and not s.startswith("holdout:")]
     if unknown:
         raise ValueError(f"unknown split {unknown[0]!r}: validation, test, atnorm-br or holdout:SOURCE")
     sets: dict[str, list[Field]] = {}
     amibr_splits = {s for s in splits if s in ("validation", "test")}
-    unseen = model.config.get("held_out_sources", [])
     if amibr_splits:
         for f in read_amibr(args.amibr, args.midog_json, amibr_splits):
             if f.split == "validation" and f.source in unseen:  # validation as the model's training chose on it
@@ -339,11 +336,19 @@ def evaluate_main(args) -> dict:
         check_sources(held_out)
         for key in held_out:
             if key not in unseen:
-                raise ValueError(f"{model.id} was trained on {key}: holdout:{key} needs a model trained with "
+                raise ValueError(f"{model_id} was trained on {key}: holdout:{key} needs a model trained with "
                                  f"data.hold_out = [\"{key}\"]")
         for f in read_amibr(args.amibr, args.midog_json, {"train", "validation"}):
             if f.source in held_out:  # its train and validation fields; its test fields stay with test
                 sets.setdefault(f"holdout/{f.source}", []).append(f)
+    return sets
+
+
+def evaluate_main(args) -> dict:
+    model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0,
+                       prefilter=getattr(args, "prefilter", True))
+    threshold = model.threshold if args.threshold is None else args.threshold
+    sets = evaluation_sets(args, model.config.get("held_out_sources", []), model.id)
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     t0 = time.time()

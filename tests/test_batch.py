@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import AMIBR, CMU, TCGA, needs_data, needs_slides, synthetic_field
+from conftest import AMIBR, CMU, MIDOG_JSON, TCGA, needs_data, needs_slides, synthetic_field
 from mitoqp.cli import main
 from mitoqp.io_utils import atomic_path
 
@@ -363,9 +363,12 @@ def test_evaluate_on_a_held_out_scanner_only_for_a_model_that_never_saw_it(tiny_
     assert main([*args, "--model", str(held), "-o", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["sets"]) == {"holdout/midog21-xr"} and report["sets"]["holdout/midog21-xr"]["fields"] == 5
-    assert main(["evaluate", "--splits", "validation", "--bootstrap", "0", "--slides", "--model", str(held),
-                 "-o", str(tmp_path / "val")]) == 0  # validation as the model's training saw it: without its held-out scanner
-    report = json.loads((tmp_path / "val" / "evaluation.json").read_text())
-    assert report["sets"]["validation/all"]["fields"] == 291 - 14
+    from types import SimpleNamespace
+    from mitoqp.evaluate import evaluation_sets
+
+    chosen = SimpleNamespace(splits="validation,test", amibr=AMIBR, midog_json=MIDOG_JSON)
+    sets = evaluation_sets(chosen, ["midog21-xr"], "held")  # validation as the model's training saw it, test all of it
+    assert sum(map(len, (v for k, v in sets.items() if k.startswith("validation/")))) == 291 - 14
+    assert sum(map(len, (v for k, v in sets.items() if k.startswith("test/")))) == 260
     assert main([*args[:2], "holdout:midog21-xr,tset", *args[3:], "--model", str(held), "-o", str(tmp_path / "x")]) != 0
     assert "unknown split 'tset'" in capsys.readouterr().err
