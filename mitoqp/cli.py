@@ -404,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bench-slide", type=Path, default=None, help="with --models: also time each model on this slide")
     v.add_argument("--fresh", action="store_true",
                    help="with --models: evaluate every model again, even where OUT/<name> holds an evaluation of it")
-    v.add_argument("--splits", default="validation,test,atnorm-br", help="comma-separated: validation, test, atnorm-br, holdout:SOURCE (the train and validation "
-                   "fields of a source the model was trained without: data.hold_out; its validation then "
-                   "leaves that source out, as its training did)")
+    v.add_argument("--splits", default="validation,test,atnorm-br",
+                   help="comma-separated: validation, test, atnorm-br, holdout:SOURCE (the train and validation "
+                        "fields of a source the model was trained without: data.hold_out; its validation then "
+                        "leaves that source out, as its training did)")
     v.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
     v.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br")
     v.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
