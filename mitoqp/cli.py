@@ -197,15 +197,53 @@ def cmd_export(args: argparse.Namespace) -> int:
         from mitoqp.runtime.model import load_model
 
         if (args.checkpoints or args.subtype or args.prefilter or args.id or [p for p in precisions if p != "fp32"]
-                or args.rethreshold or args.candidates or not args.engine):
+                or args.rethreshold or args.candidates or not (args.engine or args.adapt_reference)):
             main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id,
                         args.prefilter, args.rethreshold, candidate_settings(args.candidates))
+        if args.adapt_reference:
+            add_adapt_reference(args.out, args.amibr, args.midog_json)
         if args.engine:  # TensorRT engines now, not on a slide's first batch
             for p in precisions or ["fp32"]:
                 model = load_model(args.out, backend="tensorrt", precision=p)
                 print(f"TensorRT engine ready: {model.backend.name}")
 
     return one_line_errors(export)
+
+
+def add_adapt_reference(folder: Path, amibr: Path, midog_json: Path) -> None:
+    """The training side of `mitoqp adapt`, measured on the model's own training fields."""
+    from mitoqp.datasets import read_amibr
+    from mitoqp.export.adapt import add_reference
+
+    if not (folder / "model.json").exists():
+        raise ValueError(f"{folder} holds no exported model to add an adaptation reference to")
+    if not Path(amibr).exists():
+        raise ValueError(f"--adapt-reference measures the AMi-Br training fields: {amibr} is missing")
+    held_out = json.loads((folder / "model.json").read_text()).get("held_out_sources", [])
+    fields = [f for f in read_amibr(amibr, midog_json, {"train"}) if f.source not in held_out]
+    entry = add_reference(folder, fields, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"adapt_reference": {k: entry[k] for k in ("fields", "patches")}}))
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from mitoqp.batch import expand_inputs
+    from mitoqp.runtime.registry import resolve_model
+    from mitoqp.runtime.model import default_model_dir
+
+    def job() -> None:
+        from mitoqp.export.adapt import adapt_folder
+
+        source = resolve_model(args.model) or default_model_dir()
+        if not (source / "model.json").exists():
+            raise ValueError(f"{source} is not a mitoqp model folder")
+        inputs = [(p, args.mpp) for p in expand_inputs(args.slides)]
+        config = adapt_folder(source, inputs, args.out, args.max_patches, args.id,
+                              log=lambda m: print(m, file=sys.stderr))
+        a = config["adapted"]
+        print(f"{config['id']}: {a['from']} adapted to {a['inputs']} inputs ({a['patches']} candidate patches"
+              + (f", {len(a['skipped'])} skipped" if a["skipped"] else "") + f"), written to {args.out}")
+
+    return one_line_errors(job)
 
 
 def cmd_stain_survey(args: argparse.Namespace) -> int:
@@ -375,9 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "current rule (for a model exported before the rule changed, or with other candidate settings), "
                         "and the atypical threshold where the folder has a subtype output; give --precision again to "
                         "re-check the precisions at it")
+    e.add_argument("--adapt-reference", action="store_true",
+                   help="measure the batch-norm statistics of the model on its training fields' candidates and store "
+                        "them in the folder (what `mitoqp adapt` compares a lab's slides with)")
     e.add_argument("--engine", action="store_true",
                    help="build the TensorRT engines of the folder's precisions ahead of time (needs TensorRT and a GPU)")
     e.set_defaults(func=cmd_export)
+
+    ad = sub.add_parser("adapt", help="adapt a model to a lab's scanner with unlabelled slides (a new model folder)",
+                        description="Measure the model's batch-norm statistics on the candidates of your own slides "
+                                    "(no labels), move them by their difference from the training fields, and write "
+                                    "the result as a new model folder for `mitoqp run --model`. Needs PyTorch.")
+    ad.add_argument("slides", nargs="+", help="slide files, folders, globs, or a .txt file listing paths")
+    ad.add_argument("-o", "--out", type=Path, required=True, help="the new model folder (must not exist)")
+    ad.add_argument("--model", default=None, help="model name or folder to adapt (default: the bundled model)")
+    ad.add_argument("--mpp", type=float, default=None, help="microns per pixel, overriding the slides' metadata")
+    ad.add_argument("--max-patches", type=int, default=8192,
+                    help="candidate patches measured at most, shared out over the inputs")
+    ad.add_argument("--id", default=None, help="the adapted model's id (default: the model's id + '-adapted')")
+    ad.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("stain-survey", help="measure the stain vectors of the training slides (for stain augmentation)",
                        description="Macenko H and E vectors and densities per training slide, summarised per source; "
