@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_fields
+from conftest import CMU, TCGA, needs_slides, synthetic_fields
 
 torch = pytest.importorskip("torch")
 
@@ -129,3 +129,14 @@ def test_cli_adapt_writes_a_folder_and_reports_errors_in_one_line(reference_dir,
     assert main(["adapt", str(tmp_path / "lab"), "--model", str(folder), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "exists" in err[0]
+
+
+@needs_slides
+def test_adapt_streams_real_slides_and_skips_one_without_resolution(reference_dir, tmp_path):
+    folder, _ = reference_dir
+    messages = []
+    config = adapt_folder(folder, [(CMU, None), (TCGA, None)], tmp_path / "slides", max_patches=512,
+                          log=messages.append)
+    assert config["adapted"]["inputs"] == 1 and config["adapted"]["patches"] == 256  # 256 of CMU's share, one batch
+    assert len(messages) == 1 and "tcga-cr-7395" in messages[0] and "--mpp" in messages[0]
+    load_model(tmp_path / "slides")
