@@ -140,3 +140,16 @@ def test_adapt_streams_real_slides_and_skips_one_without_resolution(reference_di
     assert config["adapted"]["inputs"] == 1 and config["adapted"]["patches"] == 256  # 256 of CMU's share, one batch
     assert len(messages) == 1 and "tcga-cr-7395" in messages[0] and "--mpp" in messages[0]
     load_model(tmp_path / "slides")
+
+
+def test_bundled_default_carries_a_reference_for_its_own_network():
+    from mitoqp.export.adapt import load_reference
+    from mitoqp.runtime.model import default_model_dir
+
+    folder = default_model_dir()
+    config = json.loads((folder / "model.json").read_text())
+    model, _ = load_weights(folder, config)
+    layers = batchnorm_layers(model)
+    reference = load_reference(folder, config, [n for n, _ in layers])  # sha256 and layer names checked
+    assert [m.shape[0] for m, _ in reference] == [bn.num_features for _, bn in layers]
+    assert all((v > 0).all() for _, v in reference)
