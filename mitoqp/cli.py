@@ -227,6 +227,7 @@ def add_adapt_reference(folder: Path, amibr: Path, midog_json: Path) -> None:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from mitoqp.batch import expand_inputs
+    from mitoqp.slide import FIELD_SUFFIXES
     from mitoqp.runtime.registry import resolve_model
     from mitoqp.runtime.model import default_model_dir
 
@@ -237,6 +238,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not (source / "model.json").exists():
             raise ValueError(f"{source} is not a mitoqp model folder")
         inputs = [(p, args.mpp) for p in expand_inputs(args.slides)]
+        slides = sum(p.suffix.lower() not in FIELD_SUFFIXES for p, _ in inputs)
+        if slides:  # measured on fields; on two whole slides it moved in-domain scores far (MODEL_CARD.md)
+            print(f"warning: {slides} of the inputs are whole slides: adaptation was validated on fields of tumour "
+                  "only (whole slides mix in other tissue); prefer tumour fields", file=sys.stderr)
         config = adapt_folder(source, inputs, args.out, args.max_patches, args.id,
                               log=lambda m: print(m, file=sys.stderr))
         a = config["adapted"]

@@ -124,11 +124,17 @@ def test_cli_adapt_writes_a_folder_and_reports_errors_in_one_line(reference_dir,
     lab = tinted(tmp_path, fields[:6], "lab")
     assert main(["adapt", str(tmp_path / "lab"), "--model", str(folder), "--mpp", "0.25",
                  "-o", str(tmp_path / "out"), "--id", "lab-model"]) == 0
-    assert "lab-model: tiny-synthetic adapted to 6 inputs" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "lab-model: tiny-synthetic adapted to 6 inputs" in captured.out and "warning" not in captured.err
     assert load_model(tmp_path / "out").id == "lab-model" and len(lab) == 6
     assert main(["adapt", str(tmp_path / "lab"), "--model", str(folder), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "exists" in err[0]
+    # a whole slide is warned about (validated on fields only); a missing one is skipped, leaving nothing to measure
+    assert main(["adapt", str(tmp_path / "missing.svs"), "--model", str(folder), "-o", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("warning: 1 of the inputs are whole slides") and "missing.svs" in err[1]
+    assert err[-1].startswith("error:") and not (tmp_path / "o2").exists()
 
 
 @needs_slides
