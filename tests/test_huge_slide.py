@@ -37,7 +37,10 @@ def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
                 samples.append(rss_mb(proc.pid))
             peak = rss_mb(proc.pid, "VmHWM")
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=30)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # say where it hung, not just that it did
+                raise AssertionError("no exit 30 s after Ctrl-C: " + log.read_text()[-1500:]) from None
         finally:
             proc.kill()
     text = log.read_text()
