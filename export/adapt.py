@@ -197,9 +197,23 @@ def add_reference(folder: Path, fields: list, per_field: int = 64, log: Callable
     return config["adapt_reference"]
 
 
+def early_layers(names: list[str], blocks: int | None) -> list[bool]:
+    """Which batch-norm layers to move: all (None), or the stem's and the first `blocks` residual blocks'.
+
+    Colour and scanner shifts show first in the low-level features; deeper statistics also follow what the
+    tissue holds, which a lab's inputs may not share with the training fields."""
+    if blocks is None:
+        return [True] * len(names)
+    if blocks < 0:
+        raise ValueError(f"--early-blocks must be 0 or more, not {blocks}")
+    return [n.startswith("stem.") or (n.startswith("stages.") and int(n.split(".")[1]) < blocks) for n in names]
+
+
 def adapt_folder(source: Path, inputs: list[tuple[Path, float | None]], out: Path, max_patches: int = 8192,
-                 model_id: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Write `out`: `source` with its detector's batch-norm statistics moved onto `inputs` (slides or fields)."""
+                 model_id: str | None = None, log: Callable[[str], None] = print,
+                 early_blocks: int | None = None) -> dict:
+    """Write `out`: `source` with its detector's batch-norm statistics moved onto `inputs` (slides or fields);
+    with `early_blocks`, only those of the stem and the first `early_blocks` residual blocks."""
     from mitoqp.export.onnx_export import drop_precisions, export_onnx, parity, save_torch_weights
 
     out = Path(out)
@@ -214,13 +228,16 @@ def adapt_folder(source: Path, inputs: list[tuple[Path, float | None]], out: Pat
     model, saved = load_weights(source, config)
     named = batchnorm_layers(model)
     reference = load_reference(source, config, [n for n, _ in named])
+    moved = early_layers([n for n, _ in named], early_blocks)
     stats = LayerStatistics(model)
     per_input = max(1, -(-max_patches // len(inputs)))
     skipped, check = gather(inputs, stats, CandidateParams(**config["candidates"]), int(config["input_size"]),
                             float(config["mpp"]), per_input, log=log)
     target = stats.result()
     trained = [(bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()) for _, bn in named]
-    for (_, bn), (m, v) in zip(named, shifted(trained, reference, target)):
+    for (_, bn), (m, v), move in zip(named, shifted(trained, reference, target), moved):
+        if not move:
+            continue
         bn.running_mean.copy_(torch.from_numpy(m))
         bn.running_var.copy_(torch.from_numpy(v))
 
@@ -243,6 +260,8 @@ def adapt_folder(source: Path, inputs: list[tuple[Path, float | None]], out: Pat
             "adapted": {"from": config.get("id", source.name), "from_onnx_sha256": config["onnx_sha256"],
                         "inputs": len(inputs) - len(skipped), "skipped": skipped, "patches": stats.patches,
                         "method": "relative batch-norm statistics of the detector (mitoqp adapt)",
+                        "layers": f"{sum(moved)} of {len(moved)} batch-norm layers"
+                                  + ("" if early_blocks is None else f" (the stem and {early_blocks} residual blocks)"),
                         "date": datetime.date.today().isoformat()},
         })
         write_json_atomic(tmp / "model.json", config)

@@ -243,7 +243,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             print(f"warning: {slides} of the inputs are whole slides: adaptation was validated on fields of tumour "
                   "only (whole slides mix in other tissue); prefer tumour fields", file=sys.stderr)
         config = adapt_folder(source, inputs, args.out, args.max_patches, args.id,
-                              log=lambda m: print(m, file=sys.stderr))
+                              log=lambda m: print(m, file=sys.stderr), early_blocks=args.early_blocks)
         a = config["adapted"]
         print(f"{config['id']}: {a['from']} adapted to {a['inputs']} inputs ({a['patches']} candidate patches"
               + (f", {len(a['skipped'])} skipped" if a["skipped"] else "") + f"), written to {args.out}")
@@ -436,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--max-patches", type=int, default=8192,
                     help="candidate patches measured at most, shared out over the inputs")
     ad.add_argument("--id", default=None, help="the adapted model's id (default: the model's id + '-adapted')")
+    ad.add_argument("--early-blocks", type=int, default=None, metavar="N",
+                    help="move only the statistics of the stem and the first N residual blocks (default: all)")
     ad.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("stain-survey", help="measure the stain vectors of the training slides (for stain augmentation)",

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from mitoqp.cli import main  # noqa: E402
 from mitoqp.export.adapt import (LayerStatistics, adapt_folder, add_reference, batchnorm_layers,  # noqa: E402
-                                 load_weights, sample_patches, shifted)
+                                 early_layers, load_weights, sample_patches, shifted)
 from mitoqp.runtime.model import load_model  # noqa: E402
 
 
@@ -101,6 +101,23 @@ def test_adapted_folder_runs_and_differs_on_another_scanner(reference_dir, tmp_p
     patches = np.stack([np.asarray(Image.open(p))[32:64, 32:64] for p in lab])
     assert np.abs(adapted.backend.predict(patches) - source.backend.predict(patches)).max() > 1e-3
     assert not list(tmp_path.glob(".adapted.*"))  # no temporary folder left
+
+
+def test_early_blocks_move_only_the_first_layers(reference_dir, tmp_path):
+    names = ["stem.1", "stages.0.body.1", "stages.0.skip.1", "stages.1.body.1", "stages.2.body.4"]
+    assert early_layers(names, None) == [True] * 5
+    assert early_layers(names, 0) == [True, False, False, False, False]
+    assert early_layers(names, 2) == [True, True, True, True, False]
+    with pytest.raises(ValueError, match="early-blocks"):
+        early_layers(names, -1)
+    folder, fields = reference_dir
+    lab = tinted(tmp_path, fields, "lab")
+    config = adapt_folder(folder, [(p, 0.25) for p in lab], tmp_path / "early", log=lambda m: None, early_blocks=1)
+    source = batchnorm_layers(load_weights(folder, json.loads((folder / "model.json").read_text()))[0])
+    early = batchnorm_layers(load_weights(tmp_path / "early", config)[0])
+    moved = [not torch.equal(a.running_mean, b.running_mean) for (_, a), (_, b) in zip(source, early)]
+    assert moved == early_layers([n for n, _ in source], 1) and 0 < sum(moved) < len(moved)
+    assert config["adapted"]["layers"].startswith(f"{sum(moved)} of {len(moved)}")
 
 
 def test_adapt_refuses_what_it_cannot_do(reference_dir, tiny_model_dir, tmp_path):
