@@ -59,11 +59,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
                 lines = p.read_text(encoding="utf-8").splitlines()
             except (OSError, ValueError) as exc:
                 raise ValueError(f"cannot read the list of slides {p.name}: {str(exc).splitlines()[0]}") from None
-            for line in lines:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    q = Path(line)
-                    out.append(q if q.is_absolute() else base / q)
+            listed = [Path(x.strip()) for x in lines if x.strip() and not x.strip().startswith("#")]
+            listed = [q if q.is_absolute() else base / q for q in listed]
+            missing = sum(not q.exists() for q in listed)
+            if missing:  # one line for the list; each slide still gets its own error
+                print(f"warning: {missing} of {len(listed)} paths in {p.name} do not exist (relative paths are read "
+                      f"from the list's folder, {base.resolve()})", file=sys.stderr)
+            out += listed
         elif any(c in item for c in "*?["):
             out += sorted(Path(g) for g in glob.glob(item, recursive=True) if Path(g).is_file())
         else:

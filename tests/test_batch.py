@@ -145,6 +145,22 @@ def test_inputs_from_a_list_file_and_a_glob(tiny_model_dir, field_png, tmp_path)
     assert list(summary(out)) == ["field.png"]  # the same slide twice is analysed once
 
 
+def test_a_list_of_missing_paths_says_so_once(field_png, tmp_path, capsys):
+    from mitoqp.batch import expand_inputs
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    lst = lists / "slides.txt"
+    lst.write_text(f"{field_png.name}\nnot-there.svs\n{field_png}\n")  # relative to lists/: neither relative one exists
+    paths = expand_inputs([str(lst)])
+    assert paths[2] == field_png and paths[1] == lists / "not-there.svs"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 of 3 paths in slides.txt do not exist" in err and str(lists) in err
+    lst.write_text(f"{field_png}\n")
+    expand_inputs([str(lst)])
+    assert capsys.readouterr().err == ""
+
+
 @needs_slides
 def test_real_slides_end_to_end(default_model, tmp_path):
     out = tmp_path / "out"
