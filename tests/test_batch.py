@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import AMIBR, CMU, MIDOG_JSON, TCGA, needs_data, needs_slides, synthetic_field
+from mitoqp.batch import expand_inputs
 from mitoqp.cli import main
 from mitoqp.io_utils import atomic_path
 
@@ -146,8 +147,6 @@ def test_inputs_from_a_list_file_and_a_glob(tiny_model_dir, field_png, tmp_path)
 
 
 def test_a_list_of_missing_paths_says_so_once(field_png, tmp_path, capsys):
-    from mitoqp.batch import expand_inputs
-
     lists = tmp_path / "lists"
     lists.mkdir()
     lst = lists / "slides.txt"
