@@ -19,7 +19,6 @@ segmentation GAN needs to converge from scratch in a CPU budget.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,11 @@ from mitoqp.blob_kernels import dense_mask
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
 from mitoqp.stain import hematoxylin
+from mitoqp.training.dense_run import save_dense, start_dense
 from mitoqp.training.minugan_net import build_discriminator, build_generator
 from mitoqp.training.model import count_macs
-from mitoqp.training.pointmap import (CropSource, centre_cue_check, dihedral_pair, effective_context, fit_dense,
-                                      save_dense, to_input)
+from mitoqp.training.pointmap import (dihedral_pair, effective_context, fit_dense, load_crop_source,
+                                      report_centre_cue, to_input)
 from mitoqp.training.samples import SampleSet
 
 MPP = 0.25
@@ -106,20 +106,13 @@ def pixel_focal(masks: torch.Tensor, target: torch.Tensor, gamma: float, alpha: 
 
 def train_minugan(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
                   slide_samples: list[SampleSet] | None = None) -> dict:
-    t_cfg, m_cfg, d_cfg = cfg.get("train", {}), cfg.get("model", {}), cfg.get("dense", {})
-    seed = int(t_cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
+    run = start_dense(cfg, run_dir)
+    t_cfg, m_cfg, d_cfg, seed = run.train, run.model, run.dense, run.seed
+    radius_um, min_distance_um = run.radius_um, run.min_distance_um
     size = int(m_cfg.get("crop", 96))
-    radius_um = float(cfg.get("match_radius_um", 7.5))
-    min_distance_um = float(d_cfg.get("min_distance_um", 8.0))
     gamma_gan, lam = float(t_cfg.get("gan_gamma", 2.0)), float(t_cfg.get("feature_matching", 2.0))
     gamma_pix, w_pix = float(t_cfg.get("pixel_gamma", 2.0)), float(t_cfg.get("pixel_weight", 10.0))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    source = CropSource.build(train_fields, slide_samples)
-    log(f"crops of {size} px from {len(source.fields)} fields and {len(source.negatives)} slide crops "
-        f"({time.time() - t0:.0f}s)")
+    source = load_crop_source(train_fields, slide_samples, size, log)
     crops, figures = source.draw(size, 8, 0.0, np.random.default_rng(seed + 7))
     label_overview(crops, figures, run_dir / "labels.png")
     gen_net, disc = build_generator(m_cfg), build_discriminator(m_cfg)
@@ -158,11 +151,7 @@ def train_minugan(cfg: dict, train_fields: list[Field], val_fields: list[Field],
     best, state = fit_dense(gen_net, step, source, val_fields, t_cfg, size, "minugan", run_dir, log, radius_um,
                             min_distance_um, [opt_g, opt_d])
     context = effective_context(gen_net, int(d_cfg.get("context_probe", 768)))
-    check = centre_cue_check(gen_net, val_fields, source, radius_um, best["threshold"])
-    best["centre_cue_check"] = check
-    log(f"centre-cue check on validation: figures detected {check['plain']['detected']:.3f} in their fields, "
-        f"{check['pasted']['detected']:.3f} pasted onto slide tissue; top of the map {check['plain']['top_of_map']:.3f} / "
-        f"{check['pasted']['top_of_map']:.3f}")
+    report_centre_cue(gen_net, val_fields, source, radius_um, best, log)
     save_dense(gen_net, "minugan", "final", cfg, best, state, run_dir / "best.pt", context, ["mitosis", "nuclei"])
     log(f"minugan: mean recall {best['mean_recall']:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold "
         f"{best['threshold']:.4f} (epoch {best['epoch']}), effective context {context} px")

@@ -1,4 +1,4 @@
-"""Training dense models from point labels: crops with their figures, target maps, the epoch loop, the checkpoint.
+"""Training dense models from point labels: crops with their figures, target maps, the epoch loop.
 
 Shared by the dense recipes that learn a map from where the figures are (RDLM,
 MiNuGAN); UTS learns from image labels and draws its own images.
@@ -16,7 +16,6 @@ where a figure is. Plain slide crops are the rest of each batch.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
 from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.training.augment import hed_jitter
-from mitoqp.training.model import count_macs
+from mitoqp.training.dense_run import record_epoch
 from mitoqp.training.samples import SampleSet
 from mitoqp.training.uts import field_maps, localisation
 
@@ -118,6 +116,15 @@ class CropSource:
         return tile[y0:y0 + size, x0:x0 + size]
 
 
+def load_crop_source(fields: list[Field], slide_samples: list[SampleSet] | None, size: int, log) -> CropSource:
+    """The crops a dense recipe draws from, and the log line that says how many."""
+    t0 = time.time()
+    source = CropSource.build(fields, slide_samples)
+    log(f"crops of {size} px from {len(source.fields)} fields and {len(source.negatives)} slide crops "
+        f"({time.time() - t0:.0f}s)")
+    return source
+
+
 def point_targets(figures: list, size: int, stride: int, positive_px: float, ignore_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Per output pixel: 1 within `positive_px` of a figure, weight 0 in the ring out to `ignore_px` (unsure), else 0."""
     n = size // stride
@@ -180,10 +187,7 @@ def fit_dense(model: torch.nn.Module, step: Callable[[np.ndarray, list, np.rando
         log(f"{name} epoch {epoch}: loss {metrics['loss']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} (recall "
             f"{metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at t={metrics['threshold']:.3f}) "
             f"mean recall {metrics['mean_recall']:.3f} {metrics['seconds']:.0f}s")
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if metrics["mean_recall"] > best["mean_recall"]:
-            best, best_state = metrics, {k: v.clone() for k, v in model.state_dict().items()}
+        best, best_state = record_epoch(metrics, run_dir, model, best, best_state)
     model.load_state_dict(best_state)
     return best, best_state
 
@@ -209,22 +213,6 @@ def effective_context(model: torch.nn.Module, size: int = 768, mass: float = 0.9
     cum = np.cumsum(g.ravel()[order]) / g.sum()
     radius = float(r[order][min(np.searchsorted(cum, mass), len(order) - 1)])
     return int(-(-np.ceil(radius) // multiple) * multiple)
-
-
-def save_dense(model: torch.nn.Module, method: str, stage: str, cfg: dict, metrics: dict, state: dict, path: Path,
-               context: int, outputs: list[str] | None = None) -> None:
-    """The checkpoint `mitoqp export` turns into a dense model folder."""
-    d_cfg = cfg.get("dense", {})
-    tile = int(d_cfg.get("tile", 512))
-    if tile <= 2 * context:
-        raise ValueError(f"dense.tile {tile} must exceed twice the network's context ({context} px)")
-    min_distance_um = float(d_cfg.get("min_distance_um", 8.0))
-    torch.save({"kind": "dense", "method": method, "stage": stage, "state_dict": state, "config": cfg,
-                "threshold": metrics["threshold"], "patch": tile, "val_metrics": metrics,
-                "candidates": CandidateParams().to_dict(), "nms_um": min_distance_um, "macs": count_macs(model, tile),
-                "outputs": outputs or ["mitosis"],
-                "dense": {"output_stride": model.stride, "context_px": context, "min_distance_um": min_distance_um,
-                          "peak_floor": float(d_cfg.get("peak_floor", 0.05))}}, path)
 
 
 @dataclass
@@ -293,3 +281,13 @@ def centre_cue_check(model: torch.nn.Module, fields: list[Field], source: CropSo
         summary[key] = {"median_score": float(np.median(sc)), "detected": float((sc >= threshold).mean()),
                         "top_of_map": float(np.mean(out[key]["top"]))}
     return summary
+
+
+def report_centre_cue(model: torch.nn.Module, fields: list[Field], source: CropSource, radius_um: float, best: dict,
+                      log) -> None:
+    """`centre_cue_check` at the kept state's threshold, logged and stored in its metrics."""
+    check = centre_cue_check(model, fields, source, radius_um, best["threshold"])
+    best["centre_cue_check"] = check
+    log(f"centre-cue check on validation: figures detected {check['plain']['detected']:.3f} in their fields, "
+        f"{check['pasted']['detected']:.3f} pasted onto slide tissue; top of the map {check['plain']['top_of_map']:.3f} / "
+        f"{check['pasted']['top_of_map']:.3f}")

@@ -11,17 +11,17 @@ Where our data forced changes from the paper, configs/rdlm.toml says why.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mitoqp.datasets import Field
+from mitoqp.training.dense_run import save_dense, start_dense
 from mitoqp.training.fpn import build_fpn
 from mitoqp.training.model import count_macs
-from mitoqp.training.pointmap import (CropSource, centre_cue_check, dihedral_pair, effective_context, fit_dense,
-                                      point_targets, save_dense, to_input)
+from mitoqp.training.pointmap import (dihedral_pair, effective_context, fit_dense, load_crop_source,
+                                      point_targets, report_centre_cue, to_input)
 from mitoqp.training.samples import SampleSet
 
 
@@ -36,20 +36,13 @@ def rdlm_focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
 
 def train_rdlm(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
                slide_samples: list[SampleSet] | None = None) -> dict:
-    t_cfg, m_cfg, d_cfg = cfg.get("train", {}), cfg.get("model", {}), cfg.get("dense", {})
-    seed = int(t_cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
+    run = start_dense(cfg, run_dir)
+    t_cfg, m_cfg, d_cfg = run.train, run.model, run.dense
+    radius_um, min_distance_um = run.radius_um, run.min_distance_um
     size = int(m_cfg.get("crop", 96))
-    radius_um = float(cfg.get("match_radius_um", 7.5))
-    min_distance_um = float(d_cfg.get("min_distance_um", 8.0))
     positive_px, ignore_px = float(t_cfg.get("positive_um", 3.0)) / 0.25, float(t_cfg.get("ignore_um", 6.0)) / 0.25
     alpha, gamma = float(t_cfg.get("focal_alpha", 0.5)), float(t_cfg.get("focal_gamma", 0.5))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    source = CropSource.build(train_fields, slide_samples)
-    log(f"crops of {size} px from {len(source.fields)} fields and {len(source.negatives)} slide crops "
-        f"({time.time() - t0:.0f}s)")
+    source = load_crop_source(train_fields, slide_samples, size, log)
     model = build_fpn(m_cfg)
     context = effective_context(model, int(d_cfg.get("context_probe", 768)))
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, 512) / 1e6:.1f} M MACs "
@@ -69,11 +62,7 @@ def train_rdlm(cfg: dict, train_fields: list[Field], val_fields: list[Field], ru
     best, state = fit_dense(model, step, source, val_fields, t_cfg, size, "rdlm", run_dir, log, radius_um,
                             min_distance_um, [opt])
     context = effective_context(model, int(d_cfg.get("context_probe", 768)))
-    check = centre_cue_check(model, val_fields, source, radius_um, best["threshold"])
-    best["centre_cue_check"] = check
-    log(f"centre-cue check on validation: figures detected {check['plain']['detected']:.3f} in their fields, "
-        f"{check['pasted']['detected']:.3f} pasted onto slide tissue; top of the map {check['plain']['top_of_map']:.3f} / "
-        f"{check['pasted']['top_of_map']:.3f}")
+    report_centre_cue(model, val_fields, source, radius_um, best, log)
     save_dense(model, "rdlm", "final", cfg, best, state, run_dir / "best.pt", context)
     log(f"rdlm: mean recall {best['mean_recall']:.3f}, HPF-F1 {best['hpf_f1']:.3f} at threshold {best['threshold']:.4f} "
         f"(epoch {best['epoch']}), effective context {context} px")

@@ -38,7 +38,6 @@ it the point-trained map fires at the tissue's edge.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +46,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field
 from mitoqp.metrics import match_detections, roc_auc
 from mitoqp.patches import PAD_VALUE, extract_patches
 from mitoqp.peaks import find_peaks
+from mitoqp.training.dense_run import record_epoch, save_dense, start_dense
 from mitoqp.training.fcn import WeakFCN, build_fcn, receptive_radius
 from mitoqp.training.model import count_macs
 from mitoqp.training.samples import SampleSet
@@ -326,10 +325,7 @@ def fit(model: WeakFCN, train_set: WeakSet, val_images: WeakSet, val_fields: lis
         log(f"{name} epoch {epoch}: loss {metrics['loss']:.4f} image AUC {metrics['image_auc']:.4f} HPF-F1 "
             f"{metrics['hpf_f1']:.3f} (recall {metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at "
             f"t={metrics['threshold']:.3f}) mean recall {metrics['mean_recall']:.3f} {metrics['seconds']:.0f}s")
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if metrics["mean_recall"] > best["mean_recall"]:
-            best, best_state = metrics, {k: v.clone() for k, v in model.state_dict().items()}
+        best, best_state = record_epoch(metrics, run_dir, model, best, best_state)
     model.load_state_dict(best_state)
     return best, best_state
 
@@ -349,15 +345,11 @@ def context_px(model: WeakFCN) -> int:
 def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
               slide_samples: list[SampleSet] | None = None) -> dict:
     """Teacher, distillation, student; writes teacher.pt and best.pt (the student) into `run_dir`."""
-    t_cfg, m_cfg, d_cfg = cfg.get("train", {}), cfg.get("model", {}), cfg.get("dense", {})
-    seed = int(t_cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
+    run = start_dense(cfg, run_dir)
+    t_cfg, m_cfg, d_cfg, seed = run.train, run.model, run.dense, run.seed
+    radius_um, min_distance_um = run.radius_um, run.min_distance_um
     size = int(m_cfg.get("image", 48))
-    radius_um = float(cfg.get("match_radius_um", 7.5))
-    min_distance_um = float(d_cfg.get("min_distance_um", 8.0))
     rng = np.random.default_rng(seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     per_field = int(t_cfg.get("images_per_field", 2))
     train_set = field_images(train_fields, size, rng, per_field)
@@ -368,16 +360,7 @@ def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run
         f"negative, validation {int(val_images.labels.sum())} / {int((val_images.labels == 0).sum())} ({time.time() - t0:.0f}s)")
 
     def save(model: WeakFCN, metrics: dict, state: dict, path: Path, stage: str) -> None:
-        tile = int(d_cfg.get("tile", 512))
-        if tile <= 2 * context_px(model):
-            raise ValueError(f"dense.tile {tile} must exceed twice the network's context ({context_px(model)} px)")
-        torch.save({"kind": "dense", "method": "uts", "stage": stage, "state_dict": state, "config": cfg,
-                    "threshold": metrics["threshold"], "patch": tile, "val_metrics": metrics,
-                    "candidates": CandidateParams().to_dict(), "nms_um": min_distance_um,
-                    "macs": count_macs(model, tile),
-                    "dense": {"output_stride": model.stride, "context_px": context_px(model),
-                              "min_distance_um": min_distance_um, "peak_floor": float(d_cfg.get("peak_floor", 0.05))}},
-                   path)
+        save_dense(model, "uts", stage, cfg, metrics, state, path, context_px(model))
 
     teacher = build_fcn(m_cfg)
     log(f"model: {sum(p.numel() for p in teacher.parameters())} parameters, "
