@@ -43,5 +43,6 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
         if again and abs(float(config.get("atypical_threshold", t)) - t) > SAME:  # unchanged: the record before stays
             config["validation_metrics"]["atypical_threshold_before"] = config["atypical_threshold"]
         config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc
+        config["validation_metrics"]["atypical_threshold_rule"] = "bagged: median of 1000 bootstrap resamples' best cuts"
     write_json_atomic(out_dir / "model.json", config)
     return config

@@ -104,3 +104,32 @@ def test_poisson_upper_bound_of_a_rate():
     assert poisson_upper(0, 1.0) == pytest.approx(3.689, abs=0.01)  # two-sided 95%: -ln(0.025)
     assert poisson_upper(0, 0.25) == pytest.approx(4 * 3.689, abs=0.05)
     assert poisson_upper(5, 1.0) == pytest.approx(11.668, abs=0.01)
+
+
+def test_bagged_cut_separates_separable_classes_and_reports_its_balanced_accuracy():
+    from mitoqp.metrics import bagged_balanced_cut
+
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.9])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    bacc, cut = bagged_balanced_cut(scores, labels)
+    assert 0.35 < cut <= 0.6 and bacc == 1.0
+    assert bagged_balanced_cut(scores, np.zeros(7)) == (pytest.approx(float("nan"), nan_ok=True), 0.5)
+
+
+def test_bagged_cut_lies_nearer_the_population_cut_than_the_single_best_cut():
+    """Two unit-variance normals (means 0 and 1.5): balanced accuracy is best at 0.75. On samples the size of
+    validation (63 against 225), the bagged cut must miss it by less, on average, than the plain best cut
+    (about a fifth less squared error over several seeds of this check; 0.9 leaves room)."""
+    from mitoqp.metrics import balanced_accuracy_at, bagged_balanced_cut
+
+    rng = np.random.default_rng(1)
+    plain_err, bagged_err = [], []
+    for _ in range(60):
+        scores = np.concatenate([rng.normal(0, 1, 225), rng.normal(1.5, 1, 63)])
+        labels = np.r_[np.zeros(225), np.ones(63)].astype(bool)
+        u = np.unique(scores)
+        cuts = (u[:-1] + u[1:]) / 2
+        plain = cuts[int(np.argmax([balanced_accuracy_at(scores, labels, c) for c in cuts]))]
+        plain_err.append((plain - 0.75) ** 2)
+        bagged_err.append((bagged_balanced_cut(scores, labels, resamples=200)[1] - 0.75) ** 2)
+    assert np.mean(bagged_err) < 0.9 * np.mean(plain_err)

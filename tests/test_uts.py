@@ -80,6 +80,15 @@ def test_uts_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path):
     best = train_uts(cfg, tr, va, tmp_path / "run", logs.append)
     assert (tmp_path / "run" / "teacher.pt").exists() and (tmp_path / "run" / "best.pt").exists()
     assert any("distillation" in m for m in logs) and len(best["distilled_positives"]) == 2
+    # a run that starts from the finished teacher trains the very same student
+    again = train_uts({**cfg, "train": {**cfg["train"], "teacher_from": str(tmp_path / "run" / "teacher.pt")}},
+                      tr, va, tmp_path / "resumed", logs.append)
+    assert not any(m.startswith("teacher epoch") for m in logs[logs.index(next(m for m in logs if "teacher from" in m)):])
+    first, second = (torch.load(tmp_path / d / "best.pt", weights_only=False)["state_dict"] for d in ("run", "resumed"))
+    assert all(torch.equal(first[k], second[k]) for k in first) and again["mean_recall"] == best["mean_recall"]
+    with pytest.raises(ValueError, match="not a UTS teacher"):
+        train_uts({**cfg, "train": {**cfg["train"], "teacher_from": str(tmp_path / "run" / "best.pt")}},
+                  tr, va, tmp_path / "bad", logs.append)
     patches = np.concatenate([extract_patches(f.image(), f.figures, 128) for f in va])
     config = export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches, {"id": "uts-smoke"})
     assert config["kind"] == "dense" and config["parity"]["decisions_differ"] == 0

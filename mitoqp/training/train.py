@@ -28,7 +28,7 @@ from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.datasets.amibr import check_sources
 from mitoqp.roi import read_roi
 from mitoqp.training.recipe import check_recipe
-from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, froc, match_detections, roc_auc, smoothed_threshold
+from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, bagged_balanced_cut, froc, match_detections, roc_auc, smoothed_threshold
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
 from mitoqp.training.distill import distill_loss, load_teacher, teacher_probabilities
@@ -108,18 +108,8 @@ def field_matches(samples: SampleSet, scores: np.ndarray, fields: list[Field], r
 
 
 def balanced_accuracy_threshold(scores: np.ndarray, atypical: np.ndarray) -> tuple[float, float]:
-    """(best balanced accuracy, threshold midway between scores) for atypical vs normal."""
-    if len(np.unique(atypical)) < 2:
-        return float("nan"), 0.5
-    s = np.unique(scores)
-    cuts = np.concatenate([[s[0] / 2], (s[:-1] + s[1:]) / 2, [(1 + s[-1]) / 2]])
-    best = (-1.0, 0.5)
-    for t in cuts:
-        pred = scores >= t
-        bacc = 0.5 * (pred[atypical == 1].mean() + (~pred[atypical == 0]).mean())
-        if bacc > best[0]:
-            best = (float(bacc), float(t))
-    return best
+    """(balanced accuracy, atypical threshold): the bagged cut of `metrics.bagged_balanced_cut`."""
+    return bagged_balanced_cut(scores, atypical)
 
 
 def froc_summary(matches: list[Match], area_mm2: float) -> dict:

@@ -342,6 +342,19 @@ def context_px(model: WeakFCN) -> int:
     return -(-receptive_radius(model) // model.stride) * model.stride
 
 
+def load_teacher(teacher: WeakFCN, path: Path) -> tuple[dict, dict]:
+    """(validation metrics, state) of a teacher.pt that a run of this recipe wrote, loaded into `teacher`.
+
+    Why: the student is what comes after 40 teacher epochs; a run stopped after the teacher goes on from here,
+    and, with the same seed and data, trains the very student the whole run would have.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("method") != "uts" or ckpt.get("stage") != "teacher":
+        raise ValueError(f"{path}: not a UTS teacher checkpoint (method {ckpt.get('method')}, stage {ckpt.get('stage')})")
+    teacher.load_state_dict(ckpt["state_dict"])
+    return dict(ckpt["val_metrics"]), ckpt["state_dict"]
+
+
 def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir: Path, log=print,
               slide_samples: list[SampleSet] | None = None) -> dict:
     """Teacher, distillation, student; writes teacher.pt and best.pt (the student) into `run_dir`."""
@@ -366,8 +379,12 @@ def train_uts(cfg: dict, train_fields: list[Field], val_fields: list[Field], run
     log(f"model: {sum(p.numel() for p in teacher.parameters())} parameters, "
         f"{count_macs(teacher, int(d_cfg.get('tile', 512))) / 1e6:.1f} M MACs per {d_cfg.get('tile', 512)}-px tile, "
         f"receptive radius {receptive_radius(teacher)} px")
-    t_best, t_state = fit(teacher, train_set, val_images, val_fields, t_cfg, True, "teacher", run_dir, log,
-                          radius_um, min_distance_um)
+    if t_cfg.get("teacher_from"):  # a finished teacher: distil and train the student only
+        t_best, t_state = load_teacher(teacher, Path(t_cfg["teacher_from"]))
+        log(f"teacher from {t_cfg['teacher_from']} (epoch {t_best.get('epoch')}, mean recall {t_best['mean_recall']:.3f})")
+    else:
+        t_best, t_state = fit(teacher, train_set, val_images, val_fields, t_cfg, True, "teacher", run_dir, log,
+                              radius_um, min_distance_um)
     save(teacher, t_best, t_state, run_dir / "teacher.pt", "teacher")
     if label_type(t_cfg) == "points":
         log(f"point labels: nothing to distil, the teacher is the model (mean recall {t_best['mean_recall']:.3f}, "
