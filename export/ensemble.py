@@ -1,8 +1,8 @@
 """An ensemble model folder: several exported members whose outputs the runtime averages.
 
 Each member is exported and parity-checked on its own; the ensemble's mitosis
-threshold (best HPF-equivalent F1 with a fitted false-detection rate) and atypical threshold (best balanced
-accuracy) are chosen for the averaged output on the validation fields.
+threshold (best HPF-equivalent F1 with a fitted false-detection rate) and atypical threshold (the bagged best
+balanced-accuracy cut, metrics.bagged_balanced_cut) are chosen for the averaged output on the validation fields.
 """
 
 from __future__ import annotations

@@ -22,9 +22,8 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
     """Set the mitosis threshold (and, with `atypical`, the atypical one) of the folder's model on validation;
     `again` keeps the training-time validation record and notes the threshold it replaces (where it changes)."""
     from mitoqp.evaluate import MATCH_RADIUS_UM, run_fields
-    from mitoqp.metrics import smoothed_threshold
+    from mitoqp.metrics import bagged_balanced_cut, smoothed_threshold
     from mitoqp.runtime.model import load_model
-    from mitoqp.training.train import balanced_accuracy_threshold
 
     outs = run_fields(val_fields, load_model(out_dir, subtype_floor=0.0))
     best = smoothed_threshold([o.match for o in outs], sum(o.area_mm2 for o in outs))
@@ -39,7 +38,7 @@ def choose_thresholds(out_dir: Path, config: dict, val_fields: list, atypical: b
             if len(d) and d.min() <= MATCH_RADIUS_UM / o.field.mpp:
                 truth.append(int(o.field.atypical))
                 score.append(float(o.atypical[int(np.argmin(d))]))
-        bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
+        bacc, t = bagged_balanced_cut(np.array(score), np.array(truth))
         if again and abs(float(config.get("atypical_threshold", t)) - t) > SAME:  # unchanged: the record before stays
             config["validation_metrics"]["atypical_threshold_before"] = config["atypical_threshold"]
         config["atypical_threshold"], config["validation_metrics"]["subtype_balanced_accuracy"] = t, bacc

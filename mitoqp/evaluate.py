@@ -21,8 +21,8 @@ from mitoqp.datasets import Field, read_amibr, read_atnorm
 from mitoqp.datasets.amibr import check_sources
 from mitoqp.dense import tiles_per_batch
 from mitoqp.io_utils import write_json_atomic, write_text_atomic
-from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, bootstrap_ci, froc, hpf_equivalent, match_detections, operating_point,
-                            poisson_upper, roc_auc, sensitivity_at_fpr)
+from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, balanced_accuracy_at, bootstrap_ci, froc, hpf_equivalent,
+                            match_detections, operating_point, poisson_upper, roc_auc, sensitivity_at_fpr)
 from mitoqp.patches import PAD_VALUE, extract_patches, inside_boxes
 from mitoqp.pipeline import Options, analyse_slide
 from mitoqp.runtime.model import Model, load_model
@@ -85,10 +85,7 @@ def subtype_summary(outs: list[FieldOutcome], threshold: float, atypical_thresho
     truth, score, kept = np.array(truth), np.array(score), np.array(kept)
 
     def bacc(sel):
-        t, pred = truth[sel], score[sel] >= atypical_threshold
-        if t.all() or not t.any():
-            return float("nan")
-        return float(0.5 * (pred[t].mean() + (~pred[~t]).mean()))
+        return balanced_accuracy_at(score[sel], truth[sel], atypical_threshold)
 
     every = np.ones(len(truth), bool)
     scored = np.isfinite(score)  # a prefilter's rejects have no subtype: they count as not atypical, and not in the AUC

@@ -175,8 +175,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def balanced_accuracy_at(scores: np.ndarray, labels: np.ndarray, cut: float) -> float:
-    """Mean of sensitivity and specificity when scores at or above `cut` are called positive."""
+    """Mean of sensitivity and specificity when scores at or above `cut` are called positive (NaN scores are not);
+    NaN where a class is empty."""
     labels, pred = np.asarray(labels, bool), np.asarray(scores) >= cut
+    if labels.all() or not labels.any():
+        return float("nan")
     return float(0.5 * (pred[labels].mean() + (~pred[~labels]).mean()))
 
 

@@ -455,7 +455,7 @@ def test_rethreshold_chooses_the_atypical_threshold_again_too(tiny_subtype_model
     from mitoqp.datasets import read_amibr
     from mitoqp.evaluate import run_fields
     from mitoqp.export.thresholds import choose_thresholds
-    from mitoqp.training.train import balanced_accuracy_threshold
+    from mitoqp.metrics import bagged_balanced_cut
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_subtype_model_dir, folder)
@@ -469,7 +469,7 @@ def test_rethreshold_chooses_the_atypical_threshold_again_too(tiny_subtype_model
         if len(d) and d.min() <= 7.5 / o.field.mpp:
             truth.append(int(o.field.atypical))
             score.append(float(o.atypical[int(np.argmin(d))]))
-    bacc, t = balanced_accuracy_threshold(np.array(score), np.array(truth))
+    bacc, t = bagged_balanced_cut(np.array(score), np.array(truth))
     stored = json.loads((folder / "model.json").read_text())
     assert stored["atypical_threshold"] == pytest.approx(t) == cfg["atypical_threshold"]
     assert stored["validation_metrics"]["subtype_balanced_accuracy"] == pytest.approx(bacc)

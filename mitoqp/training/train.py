@@ -4,8 +4,8 @@ Fixed seeds; a run folder holding the config, a log, metrics per epoch and
 the checkpoint of the best validation epoch (by HPF-equivalent F1, or by the
 smoother mean recall over 1-64 false detections per mm^2). The decision
 threshold (best HPF-equivalent F1 with a fitted false-detection rate,
-metrics.smoothed_threshold; the atypical one, with a subtype head, by balanced
-accuracy) is chosen on validation at that epoch and stored in the checkpoint.
+metrics.smoothed_threshold; the atypical one, with a subtype head, the bagged best
+balanced-accuracy cut, metrics.bagged_balanced_cut) is chosen on validation at that epoch and stored in the checkpoint.
 
 MitDet's options: child classes and centre loss (InCDP), DGSB after a
 parent-only first phase, SE blocks and EFDMix in the backbone; see configs/.
@@ -107,11 +107,6 @@ def field_matches(samples: SampleSet, scores: np.ndarray, fields: list[Field], r
     return out
 
 
-def balanced_accuracy_threshold(scores: np.ndarray, atypical: np.ndarray) -> tuple[float, float]:
-    """(balanced accuracy, atypical threshold): the bagged cut of `metrics.bagged_balanced_cut`."""
-    return bagged_balanced_cut(scores, atypical)
-
-
 def froc_summary(matches: list[Match], area_mm2: float) -> dict:
     """The operating point of `smoothed_threshold`, with `mean_recall` over 1-64 FP/mm^2."""
     points = froc(matches, area_mm2)
@@ -134,7 +129,7 @@ def validate(model, samples: SampleSet, fields: list[Field], patch: int, radius_
     best["auc"] = roc_auc(samples.labels[known] == 1, scores[known])
     if out.ndim == 2:
         sub = (samples.labels == 1) & (samples.atypical >= 0)
-        best["subtype_balanced_accuracy"], best["atypical_threshold"] = balanced_accuracy_threshold(out[sub, 1], samples.atypical[sub])
+        best["subtype_balanced_accuracy"], best["atypical_threshold"] = bagged_balanced_cut(out[sub, 1], samples.atypical[sub])
         best["subtype_auc"] = roc_auc(samples.atypical[sub] == 1, out[sub, 1])
     return best
 
