@@ -206,6 +206,8 @@ def bagged_balanced_cut(scores: np.ndarray, labels: np.ndarray, resamples: int =
         tpr = np.concatenate([np.cumsum(pos[::-1])[::-1], [0.0]]) / pos.sum()
         tnr = np.concatenate([[0.0], np.cumsum(neg)]) / neg.sum()
         best.append(cuts[int(np.argmax(tpr + tnr))])
+    if not best:  # every resample lost a class (a handful of items)
+        return float("nan"), 0.5
     cut = float(np.median(best))
     return balanced_accuracy_at(scores, labels, cut), cut
 
