@@ -291,8 +291,9 @@ def test_every_backend_and_precision_matches_the_pytorch_weights_on_real_validat
     t = model.threshold
     assert ((got[:, 0] >= t) != (want[:, 0] >= t)).sum() == 0
     # the gap a precision may leave: INT8's 7-bit weights moved the default's scores by up to 0.053, where the
-    # saturating 8-bit kernels of a CPU without VNNI moved them by 0.42-0.74
-    assert np.abs(got[:, 0] - want[:, 0]).max() < {"fp32": 1e-5, "fp16": 0.05, "int8": 0.1}[precision]
+    # saturating 8-bit kernels of a CPU without VNNI moved them by 0.42-0.74; in FP32, `mitoqp-v5`'s per-patch
+    # standardisation (a division by each patch's own spread) leaves engines up to 1.4e-5 apart (its export parity)
+    assert np.abs(got[:, 0] - want[:, 0]).max() < {"fp32": 1e-4, "fp16": 0.05, "int8": 0.1}[precision]
 
 
 def test_int8_runs_on_the_cpu_only_where_vnni_makes_it_exact(tmp_path):
