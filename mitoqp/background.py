@@ -4,16 +4,21 @@ Stages overlap this way: slide decoding runs ahead of the front end, and the
 front end (deconvolution, candidates, patches) ahead of the model. numba
 kernels, ONNX Runtime and image decoders release the GIL, so the threads run
 at once. The queue bounds memory; an exception in the worker is raised in the
-consumer; a consumer that stops early (an error, a break) stops the worker.
+consumer; a consumer that stops early (an error, a break, Ctrl-C) stops the
+worker, and waits for it at most STOP_WAIT_S: a worker stuck where it cannot see
+the stop (on a lock an interrupted thread left held, say) is left behind as a
+daemon thread rather than hanging the run.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+STOP_WAIT_S = 20.0  # the longest a consumer that stops waits for its worker (one item's work is far less)
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -48,7 +53,8 @@ def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        while thread.is_alive():  # unblock a worker waiting on a full queue
+        deadline = time.monotonic() + STOP_WAIT_S
+        while thread.is_alive() and time.monotonic() < deadline:  # unblock a worker waiting on a full queue
             try:
                 q.get_nowait()
             except queue.Empty:
