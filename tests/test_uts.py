@@ -86,6 +86,9 @@ def test_uts_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path):
     assert not any(m.startswith("teacher epoch") for m in logs[logs.index(next(m for m in logs if "teacher from" in m)):])
     first, second = (torch.load(tmp_path / d / "best.pt", weights_only=False)["state_dict"] for d in ("run", "resumed"))
     assert all(torch.equal(first[k], second[k]) for k in first) and again["mean_recall"] == best["mean_recall"]
+    from mitoqp.training.recipe import check_recipe
+
+    check_recipe({"train": {"teacher_from": "runs/x/teacher.pt"}}, tmp_path / "uts.toml")  # `--set` reaches it
     with pytest.raises(ValueError, match="not a UTS teacher"):
         train_uts({**cfg, "train": {**cfg["train"], "teacher_from": str(tmp_path / "run" / "best.pt")}},
                   tr, va, tmp_path / "bad", logs.append)
