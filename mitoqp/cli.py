@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import io
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mitoqp import __version__
@@ -482,8 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def dump_threads_on_usr1() -> None:
+    """`kill -USR1 PID` prints where every thread is: what a hung run needs first. Skipped where stderr has no file
+    descriptor (a captured stream) or the platform has no SIGUSR1."""
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    dump_threads_on_usr1()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -50,8 +50,12 @@ def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
             proc.send_signal(signal.SIGINT)
             try:
                 code = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # say where it hung, not just that it did
-                raise AssertionError("no exit 30 s after Ctrl-C: " + log.read_text()[-1500:]) from None
+            except subprocess.TimeoutExpired:  # say where it hung, not just that it did: every thread's stack
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                text = log.read_text()
+                start = min((i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0), default=0)
+                raise AssertionError("no exit 30 s after Ctrl-C; threads:\n" + text[start:][-6000:]) from None
         finally:
             proc.kill()
     text = log.read_text()
