@@ -13,12 +13,22 @@ daemon thread rather than hanging the run.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+WAKE_S = 0.2  # the consumer's longest wait without looking at signals
 STOP_WAIT_S = 20.0  # the longest a consumer that stops waits for its worker (one item's work is far less)
+
+
+def block_ctrl_c() -> None:
+    """Keep SIGINT off this thread and the native threads it starts (decoder pools, numba's workers), so that
+    Ctrl-C reaches the main thread. A run once hung on Ctrl-C with the main thread still waiting on its queue
+    (test_huge_slide's thread dump, 2026-12-03): most likely another thread had taken the signal."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -27,6 +37,7 @@ def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     done = object()
 
     def produce() -> None:
+        block_ctrl_c()
         it = iter(items)
         try:
             for item in it:
@@ -45,7 +56,10 @@ def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     thread.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=WAKE_S)
+            except queue.Empty:  # wake now and then: a Ctrl-C is raised here even if another thread caught the signal
+                continue
             if item is done:
                 break
             if isinstance(item, BaseException):
