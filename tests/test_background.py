@@ -125,23 +125,3 @@ def test_an_error_in_the_front_end_worker_fails_one_slide_and_the_batch_goes_on(
     assert recs[0]["error"] == "blob kernel failed on window (0, 0)"
     assert threading.get_ident() not in worker_threads  # it ran on the worker, and still failed cleanly
     assert not (tmp_path / "out" / "a.geojson").exists() and (tmp_path / "out" / "b.geojson").exists()
-
-
-def test_a_stuck_worker_does_not_hold_up_a_consumer_that_stops(monkeypatch):
-    """Ctrl-C must end a run even when the worker cannot see the stop (blocked on a lock, say)."""
-    from mitoqp import background
-
-    monkeypatch.setattr(background, "STOP_WAIT_S", 0.5)
-    stuck = threading.Event()
-
-    def items():
-        yield 1
-        stuck.wait()  # never set while the consumer stops
-        yield 2
-
-    gen = in_background(items(), depth=1)
-    assert next(gen) == 1
-    t0 = time.monotonic()
-    gen.close()
-    assert time.monotonic() - t0 < 2
-    stuck.set()  # let the daemon thread finish

@@ -33,8 +33,11 @@ def test_200k_slide_flat_memory_progress_and_ctrl_c(tiny_model_dir, tmp_path):
     assert slide.stat().st_size < 20e6  # 625 mm2 of tissue claimed, no level-0 data stored
     out, log = tmp_path / "out", tmp_path / "stderr.txt"
     with open(log, "w") as err:
+        # Ctrl-C as a terminal sends it: a suite started in the background (`cmd &` without job control) ignores
+        # SIGINT, and a child would inherit that and rightly ignore the test's Ctrl-C
         proc = subprocess.Popen([sys.executable, "-m", "mitoqp.cli", "run", str(slide), "-o", str(out),
-                                 "--model", str(tiny_model_dir)], stderr=err, stdout=subprocess.DEVNULL)
+                                 "--model", str(tiny_model_dir)], stderr=err, stdout=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + 120
             # past the warm-up (numba kernels compiled, thread pools and the first batches): counted in windows,
