@@ -15,7 +15,11 @@ from mitoqp.io_utils import write_json_atomic
 from mitoqp.runtime.model import members_sha256
 
 
-def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray, val_fields: list) -> dict:
+def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray, val_fields: list,
+                    candidates: dict[str, float] | None = None, choose: bool = True) -> dict:
+    """`candidates`: settings that replace the members' own before the thresholds are chosen (they are
+    chosen on what the folder will see); `choose=False` leaves them to a later --rethreshold of the same
+    command, which then chooses once, with the subtype model attached, instead of twice."""
     from mitoqp.export.onnx_export import export_model
     from mitoqp.export.thresholds import choose_thresholds
 
@@ -34,8 +38,10 @@ def export_ensemble(checkpoints: list[Path], out_dir: Path, patches: np.ndarray,
                   "recipe": m.get("recipe"), "parity": m["parity"], "validation_metrics": m["validation_metrics"]}
                  for i, (m, ck) in enumerate(zip(members, checkpoints))],
         onnx_sha256=members_sha256([m["onnx_sha256"] for m in members]),
-        threshold=float(np.mean([m["threshold"] for m in members])),  # replaced below, on validation
+        threshold=float(np.mean([m["threshold"] for m in members])),  # replaced on validation
     )
+    if candidates:
+        config["candidates"] = {**config.get("candidates", {}), **candidates}
     write_json_atomic(out_dir / "model.json", config)
     (out_dir / "model.onnx").unlink(missing_ok=True)  # a folder is one model or one ensemble, never both
-    return choose_thresholds(out_dir, config, val_fields)
+    return choose_thresholds(out_dir, config, val_fields) if choose else config

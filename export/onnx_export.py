@@ -329,7 +329,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     if len(checkpoints) > 1:
         if not fields:
             raise ValueError("an ensemble's thresholds are chosen on the AMi-Br validation split: give --amibr")
-        config = export_ensemble(checkpoints, out_dir, patches, fields)
+        config = export_ensemble(checkpoints, out_dir, patches, fields, candidate_settings, choose=not rethreshold)
         print(json.dumps([m["parity"] for m in config["members"]]))
     elif checkpoints:
         config = export_model(checkpoints[0], out_dir, patches, {"id": model_id} if model_id else None)
@@ -361,7 +361,8 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         before = config["threshold"]
         drop_precisions(out_dir, config)  # checked at the old threshold
         atypical_before = config.get("atypical_threshold")
-        config = choose_thresholds(out_dir, config, fields, atypical=True, again=True)
+        fresh = len(checkpoints) > 1  # an ensemble's first choice: no earlier threshold to record
+        config = choose_thresholds(out_dir, config, fields, atypical=True, again=not fresh)
         print(json.dumps({"threshold": config["threshold"], "threshold_before": before,
                           "rule": config["validation_metrics"].get("threshold_rule", "best HPF-F1"),
                           **({"atypical_threshold": config["atypical_threshold"],

@@ -423,6 +423,26 @@ def test_ensemble_export_averages_members_and_checks_their_hashes(tiny_subtype_m
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_ensemble_thresholds_are_chosen_on_the_candidates_it_will_see(tiny_subtype_model_dir, tmp_path):
+    from mitoqp.datasets import read_amibr
+    from mitoqp.export.ensemble import export_ensemble
+    from mitoqp.export.thresholds import choose_thresholds
+    from mitoqp.patches import extract_patches
+
+    run = tiny_subtype_model_dir.parent / "run"
+    val = read_amibr(ROOT.parent / "shared" / "data" / "ami-br", None, {"validation"})[:10]
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in val])
+    new = {"centre_power": 2.0, "min_area_um2": 6.0}
+    chosen = export_ensemble([run / "best.pt"] * 2, tmp_path / "a", patches, val, candidates=new)
+    stored = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert all(stored["candidates"][k] == v for k, v in new.items())
+    again = choose_thresholds(tmp_path / "a", stored, val)  # chosen once more on the stored candidates: the same point
+    assert again["threshold"] == pytest.approx(chosen["threshold"])
+    later = export_ensemble([run / "best.pt"] * 2, tmp_path / "b", patches, val, candidates=new, choose=False)
+    assert "validation_metrics" not in later and later["candidates"] == stored["candidates"]  # left to --rethreshold
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
 def test_rethreshold_chooses_the_threshold_on_validation_by_the_smoothed_rule(tiny_model_dir, tmp_path):
     import shutil
 
