@@ -363,7 +363,7 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         atypical_before = config.get("atypical_threshold")
         fresh = len(checkpoints) > 1  # an ensemble's first choice: no earlier threshold to record
         config = choose_thresholds(out_dir, config, fields, atypical=True, again=not fresh)
-        print(json.dumps({"threshold": config["threshold"], "threshold_before": before,
+        print(json.dumps({"threshold": config["threshold"], **({} if fresh else {"threshold_before": before}),
                           "rule": config["validation_metrics"].get("threshold_rule", "best HPF-F1"),
                           **({"atypical_threshold": config["atypical_threshold"],
                               "atypical_threshold_before": atypical_before} if atypical_before is not None else {})}))

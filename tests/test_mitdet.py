@@ -440,6 +440,13 @@ def test_ensemble_thresholds_are_chosen_on_the_candidates_it_will_see(tiny_subty
     assert again["threshold"] == pytest.approx(chosen["threshold"])
     later = export_ensemble([run / "best.pt"] * 2, tmp_path / "b", patches, val, candidates=new, choose=False)
     assert "validation_metrics" not in later and later["candidates"] == stored["candidates"]  # left to --rethreshold
+    # the command: --candidates and --rethreshold choose once, after the subtype model joins, on the new candidates
+    best = str(run / "best.pt")
+    assert main(["export", best, best, "-o", str(tmp_path / "c"), "--amibr", str(ROOT.parent / "shared" / "data" / "ami-br"),
+                 "--candidates", "centre_power=2", "--rethreshold"]) == 0
+    cfg = json.loads((tmp_path / "c" / "model.json").read_text())
+    assert cfg["candidates"]["centre_power"] == 2 and "threshold_before" not in cfg["validation_metrics"]
+    assert cfg["validation_metrics"]["atypical_threshold_rule"].startswith("bagged")
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
