@@ -182,6 +182,7 @@ def attach_subtype(out_dir: Path, subtype_checkpoint: Path, patches: np.ndarray)
     previous = config.get("subtype_model")
     if previous:  # a replaced subtype model's cost no longer counts
         config["macs_per_patch"] = int(config["macs_per_patch"]) - int(previous.get("macs_per_patch", 0))
+        drop_subtype_files(out_dir, previous)
     drop_precisions(out_dir, config)
     config.update(
         outputs=["mitosis", "atypical"], class_names=["Mitotic figure (normal)", "Mitotic figure (atypical)"],
@@ -215,6 +216,8 @@ def carry_subtype(source_dir: Path, out_dir: Path, patches: np.ndarray) -> dict:
     entry = source.get("subtype_model")
     if not entry:
         raise ValueError(f"{source_dir} has no subtype model")
+    if "members" in entry:
+        raise ValueError(f"{source_dir} holds an averaged subtype model: give its members (checkpoints) to --subtype")
     config = json.loads((out_dir / "model.json").read_text())
     for key in ("input_size", "mpp"):
         if source[key] != config[key]:
@@ -233,6 +236,7 @@ def carry_subtype(source_dir: Path, out_dir: Path, patches: np.ndarray) -> dict:
     previous = config.get("subtype_model")
     if previous:
         config["macs_per_patch"] = int(config["macs_per_patch"]) - int(previous.get("macs_per_patch", 0))
+        drop_subtype_files(out_dir, previous)
     drop_precisions(out_dir, config)
     for name in SUBTYPE_FILES:
         if (source_dir / name).exists():
@@ -244,6 +248,65 @@ def carry_subtype(source_dir: Path, out_dir: Path, patches: np.ndarray) -> dict:
     write_json_atomic(out_dir / "model.json", config)
     load_model(out_dir, backend="onnxruntime")  # the folder must load as the runtime reads it
     return config
+
+
+def attach_subtype_ensemble(out_dir: Path, sources: list[Path], patches: np.ndarray) -> dict:
+    """Several subtype models in the folder of an exported detector; the runtime averages their atypical outputs.
+
+    Each source (a checkpoint, or a model folder whose subtype model is carried over) is exported or checked
+    as a single one would be, then stored as `subtypeI.onnx` / `subtypeI.pt`. Their mean has no validation
+    record of its own: its atypical threshold is chosen by `--rethreshold` (main_export asks for it).
+    """
+    import shutil
+    import tempfile
+
+    from mitoqp.runtime.model import load_model, members_sha256
+
+    config = json.loads((out_dir / "model.json").read_text())
+    members, staged = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, source in enumerate(sources):
+            work = Path(tmp) / str(i)
+            shutil.copytree(out_dir, work, ignore=shutil.ignore_patterns("subtype*", "*.fp16.onnx", "*.int8.onnx", "*.engine"))
+            joined = attach_subtype(work, source, patches)
+            entry = {**joined["subtype_model"], "atypical_threshold": float(joined["atypical_threshold"])}
+            if "members" in entry:
+                raise ValueError(f"{source} holds an averaged subtype model: give its members' checkpoints instead")
+            files = {name: name.replace("subtype", f"subtype{i}", 1) for name in SUBTYPE_FILES if (work / name).exists()}
+            members.append({**entry, "file": files["subtype.onnx"]})
+            staged += [(work / name, out_dir / renamed) for name, renamed in files.items()]
+        outputs = {int(m.get("output", 1)) for m in members}
+        if len(outputs) != 1:
+            raise ValueError(f"the subtype models give their atypical output in different columns: {sorted(outputs)}")
+        previous = config.get("subtype_model")
+        if previous:
+            config["macs_per_patch"] = int(config["macs_per_patch"]) - int(previous.get("macs_per_patch", 0))
+            drop_subtype_files(out_dir, previous)
+        drop_precisions(out_dir, config)
+        for source_file, target_file in staged:
+            with atomic_path(target_file) as target:
+                source_file.replace(target)
+    macs = sum(int(m.get("macs_per_patch", 0)) for m in members)
+    config.update(
+        outputs=["mitosis", "atypical"], class_names=["Mitotic figure (normal)", "Mitotic figure (atypical)"],
+        output=f"(N, 2): probability of a mitotic figure (model.onnx), probability that it is atypical (the mean of "
+               f"{len(members)} subtype models)",
+        atypical_threshold=float(np.mean([m["atypical_threshold"] for m in members])),  # until --rethreshold
+        macs_per_patch=int(config["macs_per_patch"]) + macs,
+        subtype_model={"members": members, "sha256": members_sha256([m["sha256"] for m in members]),
+                       "output": outputs.pop(), "architecture": f"ensemble of {len(members)} x {members[0]['architecture']}",
+                       "macs_per_patch": macs},
+    )
+    write_json_atomic(out_dir / "model.json", config)
+    load_model(out_dir, backend="onnxruntime")  # the folder must load as the runtime reads it
+    return config
+
+
+def drop_subtype_files(out_dir: Path, previous: dict) -> None:
+    """Remove the files of a replaced averaged subtype model (a single one's are overwritten by name)."""
+    for m in previous.get("members", []):
+        for name in SUBTYPE_FILES:
+            (out_dir / name.replace("subtype", Path(m["file"]).stem, 1)).unlink(missing_ok=True)
 
 
 def drop_precisions(out_dir: Path, config: dict) -> None:
@@ -287,7 +350,7 @@ def check_patches(amibr: Path | None, midog_json: Path | None, patch: int, candi
 
 
 def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, midog_json: Path | None,
-                subtype: Path | None = None, precisions: list[str] | None = None, model_id: str | None = None,
+                subtype: Path | list[Path] | None = None, precisions: list[str] | None = None, model_id: str | None = None,
                 prefilter: Path | None = None, rethreshold: bool = False,
                 candidate_settings: dict[str, float] | None = None) -> dict:
     """One checkpoint: a model folder. Several: an ensemble folder, its thresholds chosen on validation.
@@ -298,6 +361,11 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
     from mitoqp.export.ensemble import export_ensemble
     from mitoqp.export.precision import PRECISIONS, add_precisions
 
+    subtypes = [subtype] if isinstance(subtype, Path) else list(subtype or [])
+    if len(subtypes) > 1 and not rethreshold:
+        raise ValueError("several --subtype models are averaged: their atypical threshold is chosen on validation, "
+                         "give --rethreshold")
+    subtype = subtypes[0] if subtypes else None
     precisions = [p for p in (precisions or []) if p != "fp32"]
     for p in precisions:
         if p not in PRECISIONS:
@@ -345,7 +413,10 @@ def main_export(checkpoints: list[Path], out_dir: Path, amibr: Path | None, mido
         config["candidates"] = {**config.get("candidates", {}), **candidate_settings}
         write_json_atomic(out_dir / "model.json", config)
         print(json.dumps({"candidates": config["candidates"]}))
-    if subtype is not None:
+    if len(subtypes) > 1:
+        config = attach_subtype_ensemble(out_dir, subtypes, patches)
+        print(json.dumps([m["parity"] for m in config["subtype_model"]["members"]]))
+    elif subtype is not None:
         config = attach_subtype(out_dir, subtype, patches)
         print(json.dumps(config["subtype_model"]["parity"]))
     if prefilter is not None:

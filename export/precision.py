@@ -24,7 +24,7 @@ import numpy as np
 from mitoqp.io_utils import atomic_path
 from mitoqp.runtime.nchw import to_nchw
 from mitoqp.runtime.backend import variant_name
-from mitoqp.runtime.model import sha256_file
+from mitoqp.runtime.model import sha256_file, subtype_members
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -119,7 +119,8 @@ def add_precisions(folder: Path, config: dict, precisions: list[str], patches: n
     checks = checks or {"model.onnx": [(0, float(config["threshold"]))] + head}
     if config.get("subtype_model"):
         sub = config["subtype_model"]
-        checks[sub["file"]] = [(int(sub.get("output", 1)), atypical)]
+        for m in subtype_members(sub):  # each member of an averaged subtype model at the ensemble's cut
+            checks[m["file"]] = [(int(sub.get("output", 1)), atypical)]
     if config.get("prefilter"):  # a prefilter decides which patches the detector sees, at its own threshold
         checks[config["prefilter"]["file"]] = [(0, float(config["prefilter"]["threshold"]))]
     calibration, check = patches[: len(patches) // 2], patches[len(patches) // 2:]

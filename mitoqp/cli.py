@@ -202,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         if (args.checkpoints or args.subtype or args.prefilter or args.id or [p for p in precisions if p != "fp32"]
                 or args.rethreshold or args.candidates or not (args.engine or args.adapt_reference)):
-            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype, precisions, args.id,
+            main_export(args.checkpoints, args.out, args.amibr, args.midog_json, args.subtype or None, precisions, args.id,
                         args.prefilter, args.rethreshold, candidate_settings(args.candidates))
         if args.adapt_reference:
             add_adapt_reference(args.out, args.amibr, args.midog_json)
@@ -401,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Several checkpoints make an ensemble (outputs averaged; thresholds chosen on validation).")
     e.add_argument("checkpoints", type=Path, nargs="*", metavar="CHECKPOINT",
                    help="one checkpoint, several (an ensemble), or none with --subtype/--prefilter (added to the folder in -o)")
-    e.add_argument("--subtype", type=Path, default=None, metavar="CHECKPOINT_OR_DIR",
+    e.add_argument("--subtype", type=Path, action="append", default=[], metavar="CHECKPOINT_OR_DIR",
                    help="a second model (with a subtype head) whose atypical output joins the detector's folder; "
-                        "or a model folder whose subtype model is carried over (checked again)")
+                        "or a model folder whose subtype model is carried over (checked again); repeated, the "
+                        "models' atypical outputs are averaged (give --rethreshold)")
     e.add_argument("--prefilter", type=Path, default=None, metavar="CHECKPOINT",
                    help="a cheap first stage (configs/prefilter.toml) for the detector's folder: the detector then sees "
                         "only the candidates it passes; its threshold is chosen on the validation split")

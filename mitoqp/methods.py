@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mitoqp.runtime.model import Model, load_model
+from mitoqp.runtime.model import Model, load_model, subtype_members
 
 # the seed papers' own figures, and why ours cannot equal them (their data, their metric)
 PAPER_FIGURES = {
@@ -58,7 +58,7 @@ def parameters(model: Model) -> int | None:
         return None
     files = [m["file"] for m in model.config.get("members", [])] or ["model.onnx"]
     if model.config.get("subtype_model"):
-        files.append(model.config["subtype_model"]["file"])
+        files += [m["file"] for m in subtype_members(model.config["subtype_model"])]
     return int(sum(np.prod(t.dims) for f in files for t in onnx.load(str(model.directory / f)).graph.initializer))
 
 

@@ -104,6 +104,11 @@ def members_sha256(shas: list[str]) -> str:
     return hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
+def subtype_members(entry: dict) -> list[dict]:
+    """The files of a folder's subtype model: itself, or the members whose atypical outputs the runtime averages."""
+    return entry.get("members") or [entry]
+
+
 def check_variant(directory: Path, config: dict, onnx_file: str, precision: str, verify: bool) -> None:
     """A precision other than FP32 must have passed the export's check; its file must match its hash."""
     if precision == "fp32":
@@ -173,7 +178,11 @@ def load_model(directory: Path | str | None = None, backend: str = "auto", threa
     if sub:  # a second model in the folder gives the atypical probability, for the detections only
         floor = subtype_floor if subtype_floor is not None else \
             float(config["threshold"]) if threshold is None else float(threshold)
-        subtype = file_backend(sub["file"], sub["sha256"])
+        files = subtype_members(sub)
+        if verify and "members" in sub and members_sha256([m["sha256"] for m in files]) != sub["sha256"]:
+            raise ValueError(f"the subtype members listed in {cfg_path} do not match its sha256")
+        parts = [file_backend(m["file"], m["sha256"]) for m in files]
+        subtype = parts[0] if len(parts) == 1 else EnsembleBackend(parts)
         subtype = DihedralTTA(subtype, tta) if tta > 1 else subtype  # the views of the patches it is asked for
         runner = SubtypeJoin(runner, subtype, int(sub.get("output", 1)), floor)
     pre = config.get("prefilter")
@@ -248,8 +257,17 @@ def check_config(config, cfg_path: Path) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k <= 1:
             fail(f"'prefilter' keep_above is {k!r}, not a number from 0 to 1")
     if config.get("subtype_model"):
-        plain_file(config["subtype_model"], "'subtype_model'")
-        out = config["subtype_model"].get("output", 1)
+        sub = config["subtype_model"]
+        if isinstance(sub, dict) and "members" in sub:
+            if not isinstance(sub["members"], list) or not sub["members"]:
+                fail("'subtype_model' members is not a list of model files")
+            for i, m in enumerate(sub["members"]):
+                plain_file(m, f"subtype member {i}")
+            if not isinstance(sub.get("sha256"), str):
+                fail("'subtype_model' needs the sha256 of its members")
+        else:
+            plain_file(sub, "'subtype_model'")
+        out = sub.get("output", 1)
         if isinstance(out, bool) or not isinstance(out, int) or out < 0:
             fail(f"'subtype_model' output is {out!r}, not a column number")
     for key in ("precisions", "dense", "stain_reference"):

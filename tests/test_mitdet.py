@@ -603,6 +603,59 @@ def test_a_new_detector_carries_over_the_subtype_model_of_an_exported_folder(tin
     assert "sha256" in capsys.readouterr().err
 
 
+def test_several_subtype_models_are_averaged(tiny_model_dir, tiny_subtype_model_dir, tmp_path, capsys):
+    """Repeated --subtype: the runtime averages the models' atypical outputs; each file is checked and hashed."""
+    import shutil
+
+    import torch
+
+    from mitoqp.export.onnx_export import attach_subtype, attach_subtype_ensemble, main_export
+
+    ckpt = tiny_subtype_model_dir.parent / "run" / "best.pt"
+    other = torch.load(ckpt, map_location="cpu", weights_only=False)  # a second, different subtype model
+    gen = torch.Generator().manual_seed(0)
+    other["state_dict"] = {k: v * (1 + 0.3 * torch.randn(v.shape, generator=gen)) if v.ndim == 4 else v
+                           for k, v in other["state_dict"].items()}
+    torch.save(other, tmp_path / "other.pt")
+    patches = np.stack([synthetic_field(np.random.default_rng(i), 64, atypical=i % 2 == 1)[0][16:48, 16:48]
+                        for i in range(8)])
+    singles = {}
+    for name, source in (("a", ckpt), ("b", tmp_path / "other.pt")):
+        shutil.copytree(tiny_model_dir, tmp_path / name)
+        singles[name] = attach_subtype(tmp_path / name, source, patches)
+    folder = tmp_path / "mean"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = attach_subtype_ensemble(folder, [ckpt, tmp_path / "other.pt", tmp_path / "a"], patches)  # a folder's too
+    members = cfg["subtype_model"]["members"]
+    assert [m["file"] for m in members] == ["subtype0.onnx", "subtype1.onnx", "subtype2.onnx"]
+    assert all((folder / f"subtype{i}.pt").exists() for i in range(3)) and not (folder / "subtype.onnx").exists()
+    assert members[2]["carried_from"] == str(tmp_path / "a")
+    one = int(singles["a"]["subtype_model"]["macs_per_patch"])
+    assert cfg["macs_per_patch"] == int(singles["a"]["macs_per_patch"]) + 2 * one
+    a, b = (load_model(tmp_path / n, subtype_floor=0.0).backend.predict(patches)[:, 1] for n in "ab")
+    assert np.abs(a - b).max() > 1e-3  # the two models differ, so the mean is a test
+    out = load_model(folder, subtype_floor=0.0).backend.predict(patches)
+    np.testing.assert_allclose(out[:, 1], (2 * a + b) / 3, atol=1e-6)
+    assert load_model(folder).sha256 != load_model(tmp_path / "a").sha256
+    # FP16 variants of every member file, checked at the ensemble's atypical threshold
+    main_export([], folder, None, None, precisions=["fp16"])
+    entry = json.loads((folder / "model.json").read_text())["precisions"]["fp16"]
+    assert {"subtype0.onnx", "subtype1.onnx", "subtype2.onnx", "model.onnx"} == set(entry["files"])
+    # the mean has no threshold of its own: the command asks for --rethreshold; nor is it carried as one model
+    two = ["export", "-o", str(folder), "--subtype", str(ckpt), "--subtype", str(tmp_path / "other.pt")]
+    assert main(two) == 1 and "--rethreshold" in capsys.readouterr().err
+    assert main(["export", "--subtype", str(folder), "-o", str(tmp_path / "b")]) == 1
+    assert "averaged subtype model" in capsys.readouterr().err
+    with open(folder / "subtype1.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(folder)
+    # replaced by a single subtype model: the members' files go, their cost no longer counts
+    single = attach_subtype(folder, ckpt, patches)
+    assert not list(folder.glob("subtype[0-9]*")) and (folder / "subtype.onnx").exists()
+    assert single["macs_per_patch"] == singles["a"]["macs_per_patch"] and load_model(folder).has_subtype
+
+
 def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_model_dir, tiny_subtype_model_dir,
                                                                            tmp_path):
     """The subtype model costs as much per patch as the detector: a run asks it for its detections only."""
