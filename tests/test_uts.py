@@ -25,6 +25,15 @@ def test_fcn_gives_maps_at_stride_4_and_a_max_image_logit():
     assert 20 < receptive_radius(model) < 64
 
 
+def test_receptive_radius_of_a_dead_centre_is_the_probes_half_width():
+    """A trained network whose centre passes no gradient once crashed a 72-epoch RDLM run's check (numel 0)."""
+    model = WeakFCN((8, 8, 16, 16))
+    live = receptive_radius(model)
+    with torch.no_grad():
+        model.classifier.weight.zero_()  # no gradient reaches the input from any position
+    assert receptive_radius(model, size=96) == 48 > live
+
+
 def test_field_images_hold_the_figure_or_keep_clear_of_every_figure(tmp_path):
     fields = synthetic_fields(tmp_path, 12, "train", 0)
     ws = field_images(fields, 48, np.random.default_rng(0), per_field=2)

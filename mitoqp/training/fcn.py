@@ -57,12 +57,21 @@ def build_fcn(cfg: dict) -> WeakFCN:
     return WeakFCN(tuple(cfg.get("widths", (24, 32, 64, 96))))
 
 
-def receptive_radius(model: WeakFCN, size: int = 96) -> int:
-    """Input pixels from an output position to the edge of what it sees: measured by a gradient, not guessed."""
-    x = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255).requires_grad_(True)
+def receptive_radius(model: torch.nn.Module, size: int = 96, tries: int = 8) -> int:
+    """Input pixels from an output position to the edge of what it sees: measured by a gradient, not guessed.
+
+    A trained network can be dead at the probe's centre for one random input (every
+    ReLU on the path off, so no gradient reaches the input); the next inputs are
+    tried, and if none reaches it the whole probe's half-width is returned, an
+    upper bound (callers pad by it, so too much costs time, never correctness).
+    """
     model.eval()
-    out = model.logit_maps(x)
-    c = out.shape[-1] // 2
-    out[0, 0, c, c].backward()
-    cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0).flatten()
-    return int(max(c * model.stride - cols.min().item(), cols.max().item() - c * model.stride))
+    for seed in range(tries):
+        x = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 255).requires_grad_(True)
+        out = model.logit_maps(x)
+        c = out.shape[-1] // 2
+        out[0, 0, c, c].backward()
+        cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0).flatten()
+        if len(cols):
+            return int(max(c * model.stride - cols.min().item(), cols.max().item() - c * model.stride))
+    return size // 2
