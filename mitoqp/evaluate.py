@@ -25,6 +25,7 @@ from mitoqp.metrics import (MIDOG21_FIGURES_PER_MM2, Match, balanced_accuracy_at
                             match_detections, operating_point, poisson_upper, roc_auc, sensitivity_at_fpr)
 from mitoqp.patches import PAD_VALUE, extract_patches, inside_boxes
 from mitoqp.pipeline import Options, analyse_slide
+from mitoqp.runtime.backend import PrefilterCascade
 from mitoqp.runtime.model import Model, load_model
 from mitoqp.slide import ImageField, open_slide
 from mitoqp.training.samples import label_candidates
@@ -43,6 +44,7 @@ class FieldOutcome:
     area_mm2: float  # the field's area
     atypical: np.ndarray | None = None  # per candidate, with a subtype head
     size_px: tuple[int, int] = (0, 0)  # the field's width and height
+    passed: np.ndarray | None = None  # per candidate, with a prefilter cascade: whether the detector saw it
 
 
 def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
@@ -57,9 +59,48 @@ def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False)
         radius = MATCH_RADIUS_UM / f.mpp
         m = match_detections(res.xy, res.scores, f.figures, radius, f.lookalikes)
         pos, neg = label_candidates(res.xy, f.figures, radius)
+        # recoloured patches are not the field's own: the prefilter's decisions are then not scored again
+        passed = None if stain_normalise else prefilter_passed(model, f, res.xy)
         out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2,
-                                res.atypical, (w, h)))
+                                res.atypical, (w, h), passed))
     return out
+
+
+def prefilter_passed(model: Model, field: Field, xy: np.ndarray) -> np.ndarray | None:
+    """Which of a field's candidates the folder's prefilter passes on to the detector; None without a cascade.
+
+    Scored again on the field's own patches, the path `mitoqp export --prefilter` chose the threshold on, so
+    that the candidate budget can be read at both stages: blobs found, and blobs the detector has to score.
+    """
+    cascade = model.backend
+    if not isinstance(cascade, PrefilterCascade):
+        return None
+    if not len(xy):
+        return np.zeros(0, bool)
+    patches = extract_patches(field.image(), xy, model.patch)
+    return cascade.prefilter.predict(patches)[:, 0] >= cascade.threshold
+
+
+def candidate_sensitivity(outs: list[FieldOutcome], radius_um: float, only_passed: bool = False) -> float:
+    """Share of the figures with a candidate within `radius_um` (`only_passed`: a candidate the prefilter passed)."""
+    hit = total = 0
+    for o in outs:
+        if len(o.field.figures):
+            total += len(o.field.figures)
+            xy = o.xy[o.passed] if only_passed else o.xy
+            if len(xy):
+                hit += int((cKDTree(xy).query(o.field.figures)[0] <= radius_um / o.field.mpp).sum())
+    return hit / total if total else float("nan")
+
+
+def prefilter_summary(outs: list[FieldOutcome]) -> dict:
+    """What a prefilter cascade leaves the detector: candidates per field and the figures still reachable."""
+    if not outs or any(o.passed is None for o in outs):
+        return {}
+    passed = sum(int(o.passed.sum()) for o in outs)
+    total = sum(len(o.xy) for o in outs)
+    return {"passed_per_field": passed / len(outs), "passed_share": passed / total if total else 0.0,
+            "candidate_sensitivity_passed": {"7.5um": candidate_sensitivity(outs, MATCH_RADIUS_UM, True)}}
 
 
 def subtype_summary(outs: list[FieldOutcome], threshold: float, atypical_threshold: float) -> dict:
@@ -105,15 +146,7 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int, atypical_th
     keep = labels >= 0
     labels, scores, owner = labels[keep] == 1, scores[keep], owner[keep]
     # candidate stage: sensitivity at 7.5 um and 15 px, candidates per field
-    sens = {}
-    for name, r_um in (("7.5um", MATCH_RADIUS_UM), ("15px", 15 * 0.25)):
-        hit = total = 0
-        for o in outs:
-            if len(o.field.figures):
-                total += len(o.field.figures)
-                if len(o.xy):
-                    hit += int((cKDTree(o.xy).query(o.field.figures)[0] <= r_um / o.field.mpp).sum())
-        sens[name] = hit / total if total else float("nan")
+    sens = {name: candidate_sensitivity(outs, r_um) for name, r_um in (("7.5um", MATCH_RADIUS_UM), ("15px", 15 * 0.25))}
     points = froc(matches, area)
     froc_table = {}
     for level in FROC_LEVELS:
@@ -152,6 +185,7 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int, atypical_th
         "candidate_sensitivity": sens,
         "candidates_per_field": float(np.mean([len(o.xy) for o in outs])) if outs else 0.0,
         "subtype": subtype_summary(outs, threshold, atypical_threshold),
+        "prefilter": prefilter_summary(outs),
     }
 
 
@@ -290,6 +324,15 @@ def markdown(report: dict) -> str:
               "| set | " + " | ".join(str(level) for level in FROC_LEVELS) + " |", "|---|" + "---|" * len(FROC_LEVELS)]
     for name, r in report["sets"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r['froc_recall_at_fp_per_mm2'][str(level)]:.3f}" for level in FROC_LEVELS) + " |")
+    cascade = {n: r["prefilter"] for n, r in report["sets"].items() if r.get("prefilter")}
+    if cascade:
+        lines += ["", "Prefilter cascade: the candidates the detector still scores, and the figures with one of them "
+                  "within 7.5 um:", "", "| set | candidates per field | passed on per field (share) | cand. sens. 7.5um | "
+                  "after the prefilter |", "|---|---|---|---|---|"]
+        for n, c in cascade.items():
+            r = report["sets"][n]
+            lines.append(f"| {n} | {r['candidates_per_field']:.2f} | {c['passed_per_field']:.2f} ({c['passed_share']:.3f}) | "
+                         f"{r['candidate_sensitivity']['7.5um']:.3f} | {c['candidate_sensitivity_passed']['7.5um']:.3f} |")
     lines += ["", "Look-alikes: false detections on labelled MIDOG21 look-alikes: " + ", ".join(
         f"{n} {r['operating_point']['fp_on_lookalikes']}" for n, r in report["sets"].items())]
     subtype = {n: r["subtype"] for n, r in report["sets"].items() if r.get("subtype")}

@@ -193,3 +193,31 @@ def test_figures_a_prefilter_rejected_have_no_subtype_and_stay_out_of_the_auc():
     st = subtype_summary(outs, threshold=0.5, atypical_threshold=0.5)
     assert st["without_subtype"] == 1 and st["auc"] == 1.0  # over the three that have a score
     assert st["balanced_accuracy"] == 0.75  # the rejected atypical figure counts as not called atypical
+
+
+def test_evaluate_reports_what_a_prefilter_leaves_the_detector(cascade_folder, tmp_path):
+    from mitoqp.evaluate import markdown, run_fields, summarise
+    from mitoqp.export.prefilter import validation_scores
+
+    folder, _, va = cascade_folder
+    strict = tmp_path / "strict"
+    shutil.copytree(folder, strict)
+    plain = load_model(strict, prefilter=False)
+    prefilter = SimpleNamespace(backend=OnnxRuntimeBackend(strict / "prefilter.onnx"))
+    _, pre = validation_scores(va, plain, prefilter, plain.patch, plain.candidates)
+    config = json.loads((strict / "model.json").read_text())
+    config["prefilter"]["threshold"] = float(np.quantile(pre, 0.7))  # most candidates go no further
+    (strict / "model.json").write_text(json.dumps(config))
+    cascade = load_model(strict)
+    outs = run_fields(va, cascade)
+    for o in outs:  # the mask evaluate reads again is what the cascade did: rejects score 0, the rest were scored
+        assert (o.scores[~o.passed] == 0).all() and (o.scores[o.passed] > 0).all()
+    r = summarise(outs, cascade.threshold, 0)
+    c = r["prefilter"]
+    assert c["passed_per_field"] == pytest.approx(np.mean([o.passed.sum() for o in outs]))
+    assert 0 < c["passed_share"] < 0.5 and c["passed_per_field"] < r["candidates_per_field"]
+    assert c["candidate_sensitivity_passed"]["7.5um"] <= r["candidate_sensitivity"]["7.5um"]
+    assert summarise(run_fields(va, plain), plain.threshold, 0)["prefilter"] == {}  # no cascade, nothing to say
+    report = {"model": {"id": "t"}, "threshold": cascade.threshold, "figure_density_per_mm2": 2.0,
+              "sets": {"validation/all": r}}
+    assert "| validation/all | " in markdown(report).split("Prefilter cascade")[1]
