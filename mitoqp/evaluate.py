@@ -50,7 +50,8 @@ class FieldOutcome:
 def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
     """Every candidate's score on every field, through the runtime path."""
     out = []
-    opts = Options(threshold=0.0, use_tissue_mask=False, workers=1, stain_normalise=stain_normalise)
+    # every candidate's score is kept whatever the threshold; the model's own passes a cascade's check
+    opts = Options(use_tissue_mask=False, workers=1, stain_normalise=stain_normalise)
     for f in fields:
         opts.mpp = f.mpp
         with ImageField(f.path) as slide:
@@ -388,6 +389,7 @@ def evaluate_main(args) -> dict:
     model = load_model(args.model, backend=args.backend, tta=args.tta, precision=args.precision, subtype_floor=0.0,
                        prefilter=getattr(args, "prefilter", True))
     threshold = model.threshold if args.threshold is None else args.threshold
+    model.check_threshold(threshold)  # before any field: below a prefilter's floor, figures would be missing
     sets = evaluation_sets(args, model.config.get("held_out_sources", []), model.id)
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}

@@ -207,8 +207,10 @@ def test_evaluate_reports_what_a_prefilter_leaves_the_detector(cascade_folder, t
     _, pre = validation_scores(va, plain, prefilter, plain.patch, plain.candidates)
     config = json.loads((strict / "model.json").read_text())
     config["prefilter"]["threshold"] = float(np.quantile(pre, 0.7))  # most candidates go no further
+    config["prefilter"]["keep_above"] = 0.25  # what `mitoqp export --prefilter` sets: every score is still read
     (strict / "model.json").write_text(json.dumps(config))
     cascade = load_model(strict)
+    assert cascade.threshold >= 0.25
     outs = run_fields(va, cascade)
     for o in outs:  # the mask evaluate reads again is what the cascade did: rejects score 0, the rest were scored
         assert (o.scores[~o.passed] == 0).all() and (o.scores[o.passed] > 0).all()
@@ -221,3 +223,19 @@ def test_evaluate_reports_what_a_prefilter_leaves_the_detector(cascade_folder, t
     report = {"model": {"id": "t"}, "threshold": cascade.threshold, "figure_density_per_mm2": 2.0,
               "sets": {"validation/all": r}}
     assert "| validation/all | " in markdown(report).split("Prefilter cascade")[1]
+
+
+def test_evaluate_refuses_a_threshold_below_the_prefilters_floor_before_any_field(cascade_folder, tmp_path, capsys):
+    from mitoqp.cli import main
+
+    folder, _, _ = cascade_folder
+    floor = tmp_path / "floor"
+    shutil.copytree(folder, floor)
+    config = json.loads((floor / "model.json").read_text())
+    config["prefilter"]["keep_above"] = 0.25
+    (floor / "model.json").write_text(json.dumps(config))
+    code = main(["evaluate", "--model", str(floor), "--threshold", "0.1", "--amibr", str(tmp_path / "absent"),
+                 "-o", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code != 0 and "prefilter" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "eval").exists()
