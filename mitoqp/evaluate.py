@@ -45,6 +45,7 @@ class FieldOutcome:
     atypical: np.ndarray | None = None  # per candidate, with a subtype head
     size_px: tuple[int, int] = (0, 0)  # the field's width and height
     passed: np.ndarray | None = None  # per candidate, with a prefilter cascade: whether the detector saw it
+    scored: int = -1  # candidates the model scored, before one figure, one detection thinned them to `xy`
 
 
 def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
@@ -63,7 +64,7 @@ def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False)
         # recoloured patches are not the field's own: the prefilter's decisions are then not scored again
         passed = None if stain_normalise else prefilter_passed(model, f, res.xy)
         out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2,
-                                res.atypical, (w, h), passed))
+                                res.atypical, (w, h), passed, res.candidates))
     return out
 
 
@@ -185,6 +186,9 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int, atypical_th
         "froc_recall_at_fp_per_mm2": froc_table,
         "candidate_sensitivity": sens,
         "candidates_per_field": float(np.mean([len(o.xy) for o in outs])) if outs else 0.0,
+        # the front end's load on the detector: every candidate it scores, before the duplicates near a
+        # higher-scoring one are dropped (the columns above count what is left after that)
+        "candidates_scored_per_field": float(np.mean([o.scored for o in outs])) if outs else 0.0,
         "subtype": subtype_summary(outs, threshold, atypical_threshold),
         "prefilter": prefilter_summary(outs),
     }
@@ -315,6 +319,11 @@ def markdown(report: dict) -> str:
             f"{fmt(op['hpf_f1'], ci.get('hpf_f1'))} | {fmt(op['field_f1'], ci.get('field_f1'))} | {fmt(r['auc'], ci.get('auc'))} | "
             f"{r['sensitivity_at_1pct_fpr']:.3f} | {r['sensitivity_at_0.1pct_fpr']:.3f} | "
             f"{r['candidate_sensitivity']['7.5um']:.3f} / {r['candidate_sensitivity']['15px']:.3f} | {r['candidates_per_field']:.2f} |")
+    scored = {n: r["candidates_scored_per_field"] for n, r in report["sets"].items() if "candidates_scored_per_field" in r}
+    if scored:
+        lines += ["", "Candidates the model scores per field, before a candidate near a higher-scoring one is dropped as "
+                  "the same figure (cand. sens. and cand./field above count what is left): "
+                  + ", ".join(f"{n} {v:.2f}" for n, v in scored.items())]
     lines += ["", "False detections are few: the exact Poisson 95% upper bound of the rate, and the HPF-equivalent F1 "
               "if the rate were that high (the bootstrap cannot widen a count of zero):", "",
               "| set | false detections | field area mm^2 | FP/mm^2 upper 95% | HPF-eq. F1 at that bound |", "|---|---|---|---|---|"]

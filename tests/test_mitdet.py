@@ -707,3 +707,32 @@ def test_a_run_asks_the_subtype_model_for_its_detections_and_nothing_else(tiny_m
                  "--threshold", repr(t)]) == 0
     feats = json.loads((run_dir / "f.geojson").read_text())["features"]
     assert len(feats) == run.count and all("atypical_score" in f["properties"]["measurements"] for f in feats)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ami-br").exists(), reason="../shared/data/ami-br is not present")
+def test_evaluate_counts_the_candidates_the_model_scores_before_duplicates_are_dropped(tiny_model_dir, tmp_path):
+    import shutil
+
+    from mitoqp.candidates import CandidateParams, find_candidates
+    from mitoqp.datasets import read_amibr
+    from mitoqp.evaluate import markdown, run_fields, summarise
+    from mitoqp.stain import hematoxylin
+
+    folder = tmp_path / "m"  # a wider one-figure radius than merging, as the default's (8 um against 6 um)
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**config, "nms_um": 10.0}))
+    model = load_model(folder)
+    val = read_amibr(ROOT.parent / "shared" / "data" / "ami-br", None, {"validation"})[:40]
+    outs = run_fields(val, model)
+    params = CandidateParams(**model.config["candidates"])
+    own = [len(find_candidates(hematoxylin(f.image()), f.mpp, params)) for f in val]
+    # the front end's whole output as the model saw it (the runtime's window pads the field's edge, which can
+    # move a blob there, so a field may differ from the bare image by one)
+    assert max(abs(o.scored - n) for o, n in zip(outs, own)) <= 1 and abs(sum(o.scored for o in outs) - sum(own)) <= 0.08 * sum(own)
+    assert all(o.scored >= len(o.xy) for o in outs) and sum(o.scored for o in outs) > sum(len(o.xy) for o in outs)
+    r = summarise(outs, model.threshold, 0)
+    scored = np.mean([o.scored for o in outs])
+    assert r["candidates_scored_per_field"] == pytest.approx(scored) and scored > r["candidates_per_field"]
+    report = {"model": {"id": "t"}, "threshold": model.threshold, "figure_density_per_mm2": 4.7, "sets": {"validation": r}}
+    assert f"validation {scored:.2f}" in markdown(report)
