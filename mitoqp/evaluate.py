@@ -46,13 +46,14 @@ class FieldOutcome:
     size_px: tuple[int, int] = (0, 0)  # the field's width and height
     passed: np.ndarray | None = None  # per candidate, with a prefilter cascade: whether the detector saw it
     scored: int = -1  # candidates the model scored, before one figure, one detection thinned them to `xy`
+    scored_xy: np.ndarray | None = None  # their centres
 
 
 def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False) -> list[FieldOutcome]:
     """Every candidate's score on every field, through the runtime path."""
     out = []
     # every candidate's score is kept whatever the threshold; the model's own passes a cascade's check
-    opts = Options(use_tissue_mask=False, workers=1, stain_normalise=stain_normalise)
+    opts = Options(use_tissue_mask=False, workers=1, stain_normalise=stain_normalise, keep_scored=True)
     for f in fields:
         opts.mpp = f.mpp
         with ImageField(f.path) as slide:
@@ -64,7 +65,7 @@ def run_fields(fields: list[Field], model: Model, stain_normalise: bool = False)
         # recoloured patches are not the field's own: the prefilter's decisions are then not scored again
         passed = None if stain_normalise else prefilter_passed(model, f, res.xy)
         out.append(FieldOutcome(f, res.xy, res.scores, m, np.where(pos, 1, np.where(neg, 0, -1)), w * h * (f.mpp / 1000) ** 2,
-                                res.atypical, (w, h), passed, res.candidates))
+                                res.atypical, (w, h), passed, res.candidates, res.scored_xy))
     return out
 
 
@@ -83,13 +84,15 @@ def prefilter_passed(model: Model, field: Field, xy: np.ndarray) -> np.ndarray |
     return cascade.prefilter.predict(patches)[:, 0] >= cascade.threshold
 
 
-def candidate_sensitivity(outs: list[FieldOutcome], radius_um: float, only_passed: bool = False) -> float:
-    """Share of the figures with a candidate within `radius_um` (`only_passed`: a candidate the prefilter passed)."""
+def candidate_sensitivity(outs: list[FieldOutcome], radius_um: float, only_passed: bool = False,
+                          scored: bool = False) -> float:
+    """Share of the figures with a candidate within `radius_um` (`only_passed`: a candidate the prefilter passed;
+    `scored`: any candidate the model scored, before duplicates were dropped: the front end's own sensitivity)."""
     hit = total = 0
     for o in outs:
         if len(o.field.figures):
             total += len(o.field.figures)
-            xy = o.xy[o.passed] if only_passed else o.xy
+            xy = o.xy[o.passed] if only_passed else o.scored_xy if scored else o.xy
             if len(xy):
                 hit += int((cKDTree(xy).query(o.field.figures)[0] <= radius_um / o.field.mpp).sum())
     return hit / total if total else float("nan")
@@ -189,6 +192,8 @@ def summarise(outs: list[FieldOutcome], threshold: float, reps: int, atypical_th
         # the front end's load on the detector: every candidate it scores, before the duplicates near a
         # higher-scoring one are dropped (the columns above count what is left after that)
         "candidates_scored_per_field": float(np.mean([o.scored for o in outs])) if outs else 0.0,
+        "candidate_sensitivity_scored": ({"7.5um": candidate_sensitivity(outs, MATCH_RADIUS_UM, scored=True)}
+                                         if outs and all(o.scored_xy is not None for o in outs) else {}),
         "subtype": subtype_summary(outs, threshold, atypical_threshold),
         "prefilter": prefilter_summary(outs),
     }
@@ -319,11 +324,14 @@ def markdown(report: dict) -> str:
             f"{fmt(op['hpf_f1'], ci.get('hpf_f1'))} | {fmt(op['field_f1'], ci.get('field_f1'))} | {fmt(r['auc'], ci.get('auc'))} | "
             f"{r['sensitivity_at_1pct_fpr']:.3f} | {r['sensitivity_at_0.1pct_fpr']:.3f} | "
             f"{r['candidate_sensitivity']['7.5um']:.3f} / {r['candidate_sensitivity']['15px']:.3f} | {r['candidates_per_field']:.2f} |")
-    scored = {n: r["candidates_scored_per_field"] for n, r in report["sets"].items() if "candidates_scored_per_field" in r}
+    scored = {n: r for n, r in report["sets"].items() if "candidates_scored_per_field" in r}
     if scored:
         lines += ["", "Candidates the model scores per field, before a candidate near a higher-scoring one is dropped as "
-                  "the same figure (cand. sens. and cand./field above count what is left): "
-                  + ", ".join(f"{n} {v:.2f}" for n, v in scored.items())]
+                  "the same figure (cand. sens. and cand./field above count what is left), and the share of figures "
+                  "with one of them within 7.5 um: " + ", ".join(
+                      f"{n} {r['candidates_scored_per_field']:.2f}"
+                      + (f" ({r['candidate_sensitivity_scored']['7.5um']:.3f})" if r.get("candidate_sensitivity_scored") else "")
+                      for n, r in scored.items())]
     lines += ["", "False detections are few: the exact Poisson 95% upper bound of the rate, and the HPF-equivalent F1 "
               "if the rate were that high (the bootstrap cannot widen a count of zero):", "",
               "| set | false detections | field area mm^2 | FP/mm^2 upper 95% | HPF-eq. F1 at that bound |", "|---|---|---|---|---|"]

@@ -44,6 +44,7 @@ class Options:
     use_tissue_mask: bool = True
     stain_normalise: bool = False  # Macenko-normalise patches to the model's training reference
     overlap: bool = True  # front end and model on separate threads (False: one after the other, for comparison)
+    keep_scored: bool = False  # also return every scored candidate's centre (evaluation: the front end's own sensitivity)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class SlideResult:
     windows: int
     timings: dict = field(default_factory=dict)
     atypical: np.ndarray | None = None  # (N,) probability that the figure is atypical; None without a subtype head
+    scored_xy: np.ndarray | None = None  # (candidates, 2) every scored centre before merging; with Options.keep_scored
 
     @property
     def detected(self) -> np.ndarray:
@@ -287,10 +289,11 @@ def analyse_slide(slide: Slide, model: Model, opts: Options = Options(),
     # one figure, one detection: split telophase halves and blob groups cut by a window seam merge here
     radius_um = spec.min_distance_um if spec else max(model.nms_um, params.merge_um)
     kept = suppress_duplicates(xy, out[:, 0], radius_um / prep.mpp)
+    scored_xy = xy if opts.keep_scored else None
     xy, out, areas = xy[kept], out[kept], areas[kept]
     if opts.roi is not None and len(xy):
         inside = shapely.contains_xy(opts.roi, xy[:, 0], xy[:, 1])
         xy, out, areas = xy[inside], out[inside], areas[inside]
     timings["merge"] = time.perf_counter() - t
     return SlideResult(xy, out[:, 0], areas, threshold, prep.mpp, prep.tissue, prep.analysed_mm2, n_cands,
-                       len(prep.plan.windows), dict(timings), out[:, 1] if outputs == 2 else None)
+                       len(prep.plan.windows), dict(timings), out[:, 1] if outputs == 2 else None, scored_xy)

@@ -731,8 +731,13 @@ def test_evaluate_counts_the_candidates_the_model_scores_before_duplicates_are_d
     # move a blob there, so a field may differ from the bare image by one)
     assert max(abs(o.scored - n) for o, n in zip(outs, own)) <= 1 and abs(sum(o.scored for o in outs) - sum(own)) <= 0.08 * sum(own)
     assert all(o.scored >= len(o.xy) for o in outs) and sum(o.scored for o in outs) > sum(len(o.xy) for o in outs)
+    assert all(len(o.scored_xy) == o.scored and all(p in map(tuple, o.scored_xy) for p in map(tuple, o.xy)) for o in outs)
     r = summarise(outs, model.threshold, 0)
     scored = np.mean([o.scored for o in outs])
     assert r["candidates_scored_per_field"] == pytest.approx(scored) and scored > r["candidates_per_field"]
+    reach = [bool(len(o.scored_xy)) and np.hypot(*(o.scored_xy - fig).T).min() * o.field.mpp <= 7.5
+             for o in outs for fig in o.field.figures]
+    assert r["candidate_sensitivity_scored"]["7.5um"] == pytest.approx(np.mean(reach))
+    assert np.mean(reach) >= r["candidate_sensitivity"]["7.5um"]
     report = {"model": {"id": "t"}, "threshold": model.threshold, "figure_density_per_mm2": 4.7, "sets": {"validation": r}}
     assert f"validation {scored:.2f}" in markdown(report)
