@@ -11,7 +11,7 @@ from conftest import AMIBR, MIDOG_JSON, needs_data, synthetic_fields  # noqa: E4
 from mitoqp.export.onnx_export import export_model, load_checkpoint, parity  # noqa: E402
 from mitoqp.patches import PAD_VALUE, extract_patches  # noqa: E402
 from mitoqp.runtime.model import load_model  # noqa: E402
-from mitoqp.training.augment import match_borders  # noqa: E402
+from mitoqp.training.augment import augment_batch, match_borders, scaled_views, zoom_windows  # noqa: E402
 from mitoqp.training.train import focal_loss, train, train_from_config  # noqa: E402
 
 
@@ -64,6 +64,52 @@ def test_positives_get_the_padding_of_negatives():
     out = match_borders(crops, labels, valid, np.random.default_rng(0), p=1.0)
     assert np.all(out[:2, :, :3] == PAD_VALUE) and np.all(out[:2, :, 3:] == 0)
     assert np.all(out[2:] == 0)  # negatives untouched
+
+
+def test_a_window_of_the_patch_size_is_a_plain_shifted_crop():
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 40, 40))).float()
+    out = zoom_windows(crops, 32, torch.full((2,), 32.0), torch.tensor([[3.0, -2.0], [0.0, 0.0]]))
+    assert torch.allclose(out[0], crops[0, :, 4 - 2:36 - 2, 4 + 3:36 + 3], atol=0.01)  # x right by 3, y up by 2
+    assert torch.allclose(out[1], crops[1, :, 4:36, 4:36], atol=0.01)
+
+
+def _disk_crops(n: int, size: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    crops = np.full((n, size, size, 3), 230, np.uint8)
+    crops[:, np.hypot(yy, xx) <= radius] = 40  # a dark figure at the centre of every crop
+    return crops
+
+
+def test_scale_jitter_magnifies_and_shrinks_within_its_range_and_keeps_the_figure_centred():
+    patch, radius, scale = 48, 8.0, 0.15
+    views = scaled_views(_disk_crops(400, 64, radius), patch, scale, np.random.default_rng(1)).numpy()
+    dark = views[:, 0] < 135
+    ratio = np.sqrt(dark.sum(axis=(1, 2)) / (np.pi * radius ** 2))  # apparent radius / true radius
+    assert ratio.min() < 0.93 and ratio.max() > 1.07  # both ways, not only one
+    assert ratio.min() > 1 / (1 + scale) - 0.05 and ratio.max() < 1 + scale + 0.05
+    yy, xx = np.mgrid[:patch, :patch]
+    cy = (dark * yy).sum(axis=(1, 2)) / dark.sum(axis=(1, 2)) - (patch - 1) / 2
+    cx = (dark * xx).sum(axis=(1, 2)) / dark.sum(axis=(1, 2)) - (patch - 1) / 2
+    assert np.abs(cy).max() <= 8.5 * (1 + scale) and np.abs(cx).max() <= 8.5 * (1 + scale)
+    assert views.min() >= 0 and views.max() <= 255
+
+
+def test_without_scale_jitter_the_batch_is_what_it_always_was():
+    crops = _disk_crops(16, 64, 8.0)
+    cfg = {"stain_sigma": 0.0, "stain_bias": 0.0, "brightness": 0.0, "contrast": 0.0}
+    plain = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    zero = augment_batch(crops, 48, {**cfg, "scale_jitter": 0.0}, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    scaled = augment_batch(crops, 48, {**cfg, "scale_jitter": 0.15}, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    assert torch.equal(plain, zero) and not torch.equal(plain, scaled)
+    assert scaled.shape == plain.shape == (16, 3, 48, 48)
+
+    from pathlib import Path
+
+    from mitoqp.training.recipe import check_recipe
+    from mitoqp.training.train import apply_overrides, load_config
+
+    recipe = Path(__file__).parent.parent / "configs" / "baseline.toml"
+    check_recipe(apply_overrides(load_config(recipe), ["train.scale_jitter=0.15"]), recipe)  # a recipe option
 
 
 @needs_data

@@ -1,7 +1,7 @@
 """Training augmentation on uint8 crops, batched in torch.
 
-Random centre jitter, flips and right-angle rotations, stain augmentation and
-brightness/contrast. Stain augmentation is either HED-space jitter (scale and
+Random centre jitter, flips and right-angle rotations, optionally a random
+magnification (`scale_jitter`), stain augmentation and brightness/contrast. Stain augmentation is either HED-space jitter (scale and
 shift of each stain's density, Tellez et al. 2018) or `MacenkoStainAugment`,
 which draws new H and E vectors and densities from the spread measured on the
 real training slides (`mitoqp stain-survey`), widened by a factor. Positives
@@ -120,18 +120,56 @@ def lowres_jitter(x: torch.Tensor, p: float, max_factor: float, gen: torch.Gener
     return x
 
 
+def zoom_windows(crops: torch.Tensor, patch: int, side: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) -> (N, 3, patch, patch): the square of `side` source pixels centred `offset` (N, 2; x, y)
+    pixels from each crop's centre, resampled bilinearly to `patch` pixels."""
+    n, s = crops.shape[0], crops.shape[-1]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = side / s
+    theta[:, :, 2] = 2 * offset / s
+    grid = F.affine_grid(theta, [n, 3, patch, patch], align_corners=False)
+    return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def scaled_views(crops: np.ndarray, patch: int, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """Random views at a magnification drawn log-uniformly within 1/(1 + scale) .. 1 + scale.
+
+    Scanners differ in pixel size (MIDOG 2021's from 0.23 to 0.26 um) and tumours in nuclear size; the
+    runtime resamples to 0.25 um/px by the file's own resolution, so what is left is this spread. The
+    source window never leaves the crop: the centre shift shrinks as the window grows.
+    """
+    n, s = crops.shape[0], crops.shape[1]
+    limit = np.log(1 + scale)
+    zoom = np.maximum(np.exp(rng.uniform(-limit, limit, n)), patch / s)
+    side = patch / zoom
+    room = np.minimum((s - side) / 2, (s - patch) / 2)
+    offset = rng.uniform(-1, 1, (n, 2)) * room[:, None]
+    t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+    x = zoom_windows(t, patch, torch.from_numpy(side).float(), torch.from_numpy(offset).float())
+    turns, mirror = rng.integers(4, size=n), rng.random(n) < 0.5
+    for k in range(1, 4):
+        sel = np.flatnonzero(turns == k)
+        x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    x[mirror] = torch.flip(x[mirror], dims=(3,))
+    return x.round()
+
+
 def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Generator, gen: torch.Generator,
                   stain: MacenkoStainAugment | None = None) -> torch.Tensor:
     """(N, S, S, 3) uint8 -> (N, 3, patch, patch) float 0..255, augmented."""
     n, s = crops.shape[0], crops.shape[1]
-    jitter = (s - patch) // 2
-    out = np.empty((n, patch, patch, 3), np.uint8)
-    offs = rng.integers(0, 2 * jitter + 1, size=(n, 2)) if jitter > 0 else np.zeros((n, 2), int)
-    for i in range(n):
-        c = crops[i, offs[i, 1]:offs[i, 1] + patch, offs[i, 0]:offs[i, 0] + patch]
-        c = np.rot90(c, rng.integers(4))
-        out[i] = c[:, ::-1] if rng.random() < 0.5 else c
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
+    scale = float(cfg.get("scale_jitter", 0.0))
+    if scale > 0:
+        x = scaled_views(crops, patch, scale, rng)
+    else:
+        jitter = (s - patch) // 2
+        out = np.empty((n, patch, patch, 3), np.uint8)
+        offs = rng.integers(0, 2 * jitter + 1, size=(n, 2)) if jitter > 0 else np.zeros((n, 2), int)
+        for i in range(n):
+            c = crops[i, offs[i, 1]:offs[i, 1] + patch, offs[i, 0]:offs[i, 0] + patch]
+            c = np.rot90(c, rng.integers(4))
+            out[i] = c[:, ::-1] if rng.random() < 0.5 else c
+        x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
     x = stain(x, gen) if stain is not None else hed_jitter(x, cfg.get("stain_sigma", 0.05), cfg.get("stain_bias", 0.05), gen)
     x = lowres_jitter(x, cfg.get("lowres_p", 0.0), cfg.get("lowres_factor", 2.0), gen)
     bright = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("brightness", 0.1) * 255
