@@ -260,7 +260,8 @@ def cmd_stain_survey(args: argparse.Namespace) -> int:
     from mitoqp.training.stain_survey import survey
 
     def job():
-        result = survey(args.amibr, args.midog_json, args.atnorm)
+        result = survey(args.amibr, args.midog_json, args.atnorm,
+                        hold_out=[k for k in (args.hold_out or "").split(",") if k])
         write_json_atomic(args.out, result)
         for name, s in {**result["sources"], "all training slides": result["training"]}.items():
             print(f"{name}: {s['slides']} slides, H {[round(v, 3) for v in s['h_mean']]} (max {s['h_angle_deg_max']:.1f} deg off), "
@@ -452,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amibr", type=Path, default=SHARED / "ami-br")
     s.add_argument("--midog-json", type=Path, default=SHARED / "annotations/midog2021.json")
     s.add_argument("--atnorm", type=Path, default=SHARED / "atnorm-br", help="measured and reported, never used")
+    s.add_argument("--hold-out", metavar="SOURCES", help="comma-separated sources to leave out (as data.hold_out: "
+                                                          "midog21-xr, midog21-s360, midog21-cs2, tupac16)")
     s.set_defaults(func=cmd_stain_survey)
 
     a = sub.add_parser("ablation", help="one table from several evaluations (a row per recipe, seeds pooled)",

@@ -191,6 +191,31 @@ def test_macenko_augmentation_is_identity_without_spread_and_keeps_glass():
     assert not torch.allclose(moved[0], moved[1])  # each sample its own stain
 
 
+def test_stain_survey_leaves_a_held_out_source_out(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from mitoqp.training import stain_survey
+
+    fields = []
+    for source in ("midog21-xr", "tupac16"):
+        for slide in ("a", "b"):
+            part = synthetic_fields(tmp_path, 2, f"{source}_{slide}", 0)
+            fields += [replace(f, source=source, name=f"{source}_{slide}_{i}") for i, f in enumerate(part)]
+    with (tmp_path / "AMI-BR.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["dataset", "uid", "slide"])
+        w.writeheader()
+        for f in fields:
+            w.writerow({"dataset": f.name.split("_")[0], "uid": f.name.split("_", 1)[1], "slide": f.name[:-2]})
+    monkeypatch.setattr(stain_survey, "read_amibr", lambda *a, **k: fields)
+    full = stain_survey.survey(tmp_path, None, None)
+    assert set(full["sources"]) == {"MIDOG21 Hamamatsu XR", "TUPAC16"} and full["training"]["slides"] == 4
+    held = stain_survey.survey(tmp_path, None, None, hold_out=["tupac16"])
+    assert set(held["sources"]) == {"MIDOG21 Hamamatsu XR"} and held["training"]["slides"] == 2
+    assert held["held_out"] == ["tupac16"]
+    with pytest.raises(ValueError, match="unknown source"):
+        stain_survey.survey(tmp_path, None, None, hold_out=["tupac17"])
+
+
 def stained(h_density, e_density, he):
     od = h_density[..., None] * he[0] + e_density[..., None] * he[1]
     return np.clip(255 * 10 ** (-od), 0, 255).round().astype(np.uint8)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mitoqp.datasets import Field, read_amibr, read_atnorm
-from mitoqp.datasets.amibr import SOURCES
+from mitoqp.datasets.amibr import SOURCES, check_sources
 from mitoqp.stain_normalise import estimate
 
 
@@ -45,15 +45,24 @@ def summarise_rows(rows: list[dict]) -> dict:
             "log_max_conc_mean": np.log(c).mean(0).tolist(), "log_max_conc_std": np.log(c).std(0).tolist()}
 
 
-def survey(amibr: Path, midog_json: Path | None, atnorm: Path | None, per_group: int = 40) -> dict:
-    """Per-source summaries of the training split's slides, the pooled training summary, and AtNorM-Br for reference."""
+def survey(amibr: Path, midog_json: Path | None, atnorm: Path | None, per_group: int = 40,
+           hold_out: list[str] | None = None) -> dict:
+    """Per-source summaries of the training split's slides, the pooled training summary, and AtNorM-Br for reference.
+
+    `hold_out` leaves sources (keys of SOURCES) out, for a run trained with the same `data.hold_out`: the held-out
+    source's stains must not shape the augmentation that is judged on it.
+    """
     import csv
+
+    check_sources(list(hold_out or []))
 
     slide_by_name = {}
     for row in csv.DictReader((Path(amibr) / "AMI-BR.csv").open(newline="")):
         slide_by_name[f"{row['dataset']}_{row['uid']}"] = row["slide"]
     by_slide: dict[tuple[str, str], list[Field]] = defaultdict(list)
     for f in read_amibr(amibr, midog_json, {"train"}):
+        if f.source in (hold_out or []):
+            continue
         slide = slide_by_name.get(f.name, f.name)
         by_slide[(SOURCES.get(f.source, f.source), slide)].append(f)
     rows_by_source: dict[str, list[dict]] = defaultdict(list)
@@ -62,6 +71,8 @@ def survey(amibr: Path, midog_json: Path | None, atnorm: Path | None, per_group:
             rows_by_source[source].append(r)
     out = {"sources": {s: summarise_rows(r) for s, r in rows_by_source.items() if r},
            "training": summarise_rows([r for rows in rows_by_source.values() for r in rows])}
+    if hold_out:
+        out["held_out"] = sorted(hold_out)
     if atnorm and Path(atnorm).exists():
         fields = read_atnorm(atnorm)
         rng = np.random.default_rng(0)
