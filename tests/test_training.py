@@ -102,6 +102,8 @@ def test_without_scale_jitter_the_batch_is_what_it_always_was():
     scaled = augment_batch(crops, 48, {**cfg, "scale_jitter": 0.15}, np.random.default_rng(3), torch.Generator().manual_seed(3))
     assert torch.equal(plain, zero) and not torch.equal(plain, scaled)
     assert scaled.shape == plain.shape == (16, 3, 48, 48)
+    with pytest.raises(ValueError, match="scale_jitter"):
+        augment_batch(crops, 48, {"scale_jitter": -0.1}, np.random.default_rng(3), torch.Generator())
 
     from pathlib import Path
 

@@ -1,8 +1,9 @@
 """Training augmentation on uint8 crops, batched in torch.
 
 Random centre jitter, flips and right-angle rotations, optionally a random
-magnification (`scale_jitter`), stain augmentation and brightness/contrast. Stain augmentation is either HED-space jitter (scale and
-shift of each stain's density, Tellez et al. 2018) or `MacenkoStainAugment`,
+magnification (`scale_jitter`), stain augmentation and brightness/contrast.
+Stain augmentation is either HED-space jitter (scale and shift of each
+stain's density, Tellez et al. 2018) or `MacenkoStainAugment`,
 which draws new H and E vectors and densities from the spread measured on the
 real training slides (`mitoqp stain-survey`), widened by a factor. Positives
 also get the padding geometry of random negatives, so the classifier cannot
@@ -159,6 +160,8 @@ def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Gener
     """(N, S, S, 3) uint8 -> (N, 3, patch, patch) float 0..255, augmented."""
     n, s = crops.shape[0], crops.shape[1]
     scale = float(cfg.get("scale_jitter", 0.0))
+    if scale < 0:
+        raise ValueError(f"train.scale_jitter must be >= 0, not {scale}")
     if scale > 0:
         x = scaled_views(crops, patch, scale, rng)
     else:
