@@ -32,8 +32,18 @@ from mitoqp.stain import hematoxylin
 STAGES = ("tissue", "read", "deconvolve", "candidates", "patches", "model", "merge", "write")
 
 
+def backend_parts(backend) -> list:
+    """The backend and every backend inside it (a subtype join's two models, a cascade's prefilter and full model,
+    TTA's and an ensemble's inner ones): a join sends its subtype model only the detections, so warming the
+    outer backend alone can leave the subtype model to compile inside the first timed run (it did on a GPU:
+    benchmarks/RESULTS.md, "On a GPU")."""
+    inner = [getattr(backend, a) for a in ("detector", "subtype", "prefilter", "inner") if hasattr(backend, a)]
+    inner += list(getattr(backend, "members", []))
+    return [backend] + [p for b in inner for p in backend_parts(b)]
+
+
 def warm_up(model: Model, batch: int) -> float:
-    """Compile the kernels and run the backend's first batches; returns the seconds it took."""
+    """Compile the kernels and run the first batches of every backend the model holds; returns the seconds."""
     t = time.perf_counter()
     rng = np.random.default_rng(0)
     rgb = rng.integers(60, 250, (512, 512, 3), dtype=np.uint8)
@@ -41,8 +51,9 @@ def warm_up(model: Model, batch: int) -> float:
     if model.kind == "dense":  # a run sends a dense model only as many tiles as fit BATCH_PIXELS at once
         batch = tiles_per_batch(model.patch, batch)
     patches = rng.integers(0, 256, (batch, model.patch, model.patch, 3), dtype=np.uint8)
-    for n in (batch, min(7, batch), batch):
-        model.backend.predict(patches[:n])
+    for part in backend_parts(model.backend):
+        for n in (batch, min(7, batch), batch):
+            part.predict(patches[:n])
     return time.perf_counter() - t
 
 

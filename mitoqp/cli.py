@@ -294,7 +294,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
-                   help="inference engine (auto: TensorRT with a GPU, then ONNX Runtime CUDA/CPU, then PyTorch)")
+                   help="inference engine (auto: TensorRT with a GPU, then ONNX Runtime CUDA, then PyTorch CUDA, "
+                        "then ONNX Runtime CPU, then PyTorch CPU)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="model precision (fp16/int8: the variants `mitoqp export --precision` wrote and checked)")
     p.add_argument("--no-prefilter", dest="prefilter", action="store_false",

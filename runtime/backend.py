@@ -119,24 +119,41 @@ class DihedralTTA:
             return np.nanmean(views, axis=0).astype(np.float32)
 
 
+def nvidia_driver_present() -> bool:
+    """An NVIDIA driver on this machine: checked before importing PyTorch, which costs a CPU-only run seconds."""
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/gpus"))
+
+
 def gpu_visible() -> bool:
     """An NVIDIA GPU that PyTorch can see (TensorRT here takes its buffers from PyTorch)."""
-    if importlib.util.find_spec("torch") is None:
+    if importlib.util.find_spec("torch") is None or not nvidia_driver_present():
         return False
     import torch
 
     return bool(torch.cuda.is_available())
 
 
-def resolve_backend(kind: str) -> str:
-    """`auto`: TensorRT where it imports and a GPU is present, then ONNX Runtime (CUDA before CPU), then torch."""
+def resolve_backend(kind: str, torch_weights: bool = False, precision: str = "fp32") -> str:
+    """`auto`: TensorRT where it imports and a GPU is present; ONNX Runtime where its CUDA build is installed;
+    PyTorch on a GPU it sees, where the folder has the weights (`torch_weights`) and the precision is one it
+    runs (2.3x ONNX Runtime on 16 CPU cores per dense slide: benchmarks/RESULTS.md, "On a GPU"); else ONNX
+    Runtime on the CPU, then PyTorch on the CPU.
+    """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
     if kind != "auto":
         return kind
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
     if importlib.util.find_spec("tensorrt") is not None and gpu_visible():
         return "tensorrt"
-    if importlib.util.find_spec("onnxruntime") is not None:
+    if has_ort:
+        from mitoqp.runtime.onnxruntime_backend import available_devices
+
+        if "cuda" in available_devices():
+            return "onnxruntime"
+    if torch_weights and precision in ("fp32", "fp16") and gpu_visible():
+        return "torch"
+    if has_ort:
         return "onnxruntime"
     if importlib.util.find_spec("torch") is not None:
         return "torch"
@@ -154,13 +171,15 @@ def make_backend(kind: str, onnx_path: Path, threads: int = 0, precision: str = 
 
     `int8_weight_bits`: as the export recorded it (older folders: 8, exact only on CPUs with VNNI).
     """
-    kind = resolve_backend(kind)
+    from mitoqp.runtime.torch_backend import torch_file
+
+    kind = resolve_backend(kind, torch_file(onnx_path).exists(), precision)
     if kind == "tensorrt":
         from mitoqp.runtime.tensorrt_backend import load_tensorrt
 
         return load_tensorrt(onnx_path.parent, onnx_path.name, precision, patch)
     if kind == "torch":
-        from mitoqp.runtime.torch_backend import TorchBackend, torch_file
+        from mitoqp.runtime.torch_backend import TorchBackend
 
         return TorchBackend(torch_file(onnx_path), precision=precision, threads=threads)
     from mitoqp.runtime.cpu_features import int8_exact_on_cpu

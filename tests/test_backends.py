@@ -31,6 +31,33 @@ def test_auto_takes_onnxruntime_without_tensorrt_and_names_it():
         resolve_backend("trt")
 
 
+def test_auto_takes_torch_on_a_gpu_only_where_onnxruntime_has_no_cuda_and_the_folder_has_its_weights(monkeypatch):
+    if HAS_TRT:
+        pytest.skip("TensorRT is installed here")
+    import mitoqp.runtime.backend as backend
+    import mitoqp.runtime.onnxruntime_backend as ort_backend
+
+    monkeypatch.setattr(backend, "gpu_visible", lambda: True)
+    monkeypatch.setattr(ort_backend, "available_devices", lambda: ["cpu"])
+    assert resolve_backend("auto", torch_weights=True) == "torch"
+    assert resolve_backend("auto", torch_weights=True, precision="fp16") == "torch"
+    assert resolve_backend("auto", torch_weights=True, precision="int8") == "onnxruntime"  # torch runs no INT8
+    assert resolve_backend("auto", torch_weights=False) == "onnxruntime"  # a folder of ONNX files alone
+    assert resolve_backend("onnxruntime", torch_weights=True) == "onnxruntime"  # asked for by name: kept
+    monkeypatch.setattr(ort_backend, "available_devices", lambda: ["cuda", "cpu"])
+    assert resolve_backend("auto", torch_weights=True) == "onnxruntime"  # its own CUDA build comes first
+    monkeypatch.setattr(ort_backend, "available_devices", lambda: ["cpu"])
+    monkeypatch.setattr(backend, "gpu_visible", lambda: False)
+    assert resolve_backend("auto", torch_weights=True) == "onnxruntime"
+
+
+def test_no_nvidia_driver_means_no_gpu_without_asking_pytorch(monkeypatch):
+    import mitoqp.runtime.backend as backend
+
+    monkeypatch.setattr(backend, "nvidia_driver_present", lambda: False)
+    assert backend.gpu_visible() is False
+
+
 def test_missing_backend_is_a_one_line_error_naming_what_to_install(tmp_path, tiny_model_dir):
     if HAS_TRT:
         pytest.skip("TensorRT is installed here")

@@ -45,3 +45,27 @@ def test_the_warm_up_sends_a_dense_model_no_more_tiles_than_a_run_does(tmp_path)
     model.backend.predict = lambda x: sizes.append(len(x)) or real(x)
     warm_up(model, 256)
     assert sizes and max(sizes) == tiles_per_batch(256, 256) == 128
+
+
+def test_the_warm_up_runs_the_subtype_model_too(tiny_model_dir, tiny_subtype_model_dir):
+    """A join sends its subtype model only the detections: warming the join alone can leave it cold."""
+    from mitoqp.bench import backend_parts, warm_up
+    from mitoqp.runtime.backend import SubtypeJoin
+    from mitoqp.runtime.model import load_model
+
+    model = load_model(tiny_model_dir, backend="onnxruntime")
+    inner = load_model(tiny_subtype_model_dir, backend="onnxruntime").backend
+    sizes = []
+
+    class Counting:
+        name = inner.name
+
+        def predict(self, patches):
+            sizes.append(len(patches))
+            return inner.predict(patches)
+
+    # a floor no score reaches: through the join alone the subtype model would never run
+    model.backend = SubtypeJoin(model.backend, Counting(), 1, floor=2.0)
+    assert [type(p).__name__ for p in backend_parts(model.backend)] == ["SubtypeJoin", "OnnxRuntimeBackend", "Counting"]
+    warm_up(model, 32)
+    assert sizes == [32, 7, 32]
