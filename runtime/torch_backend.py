@@ -54,13 +54,19 @@ class TorchBackend:
         model = model.eval().to(self.device, self.dtype)
         if device == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        if compile_model if compile_model is not None else device == "cuda":
+        self.compiled = bool(compile_model if compile_model is not None else device == "cuda")
+        if self.compiled:
             model = torch.compile(model, dynamic=True)
         self.model = model
         self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         torch = self.torch
+        n = len(patches)
+        if self.compiled and n == 1:
+            # torch.compile specialises a batch of one and compiles again, 12 s on the CPU here, in the middle
+            # of a run (a subtype model is often sent a single detection): run it as two
+            patches = np.concatenate([patches, patches])
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(patches))
             if self.device.type == "cuda":
@@ -69,4 +75,4 @@ class TorchBackend:
             x = x.permute(0, 3, 1, 2).to(self.dtype)
             out = self.model(x).float()
             out = out.reshape(len(patches), -1) if out.ndim <= 2 else out  # (N, K), or (N, K, h, w) maps
-            return out.cpu().numpy()
+            return out[:n].cpu().numpy()

@@ -369,3 +369,20 @@ def test_int8_weights_are_7_bit_and_only_8_bit_ones_are_refused_where_the_cpu_wo
     assert load_model(folder, backend="onnxruntime", precision="fp32").backend is not None
     monkeypatch.setattr(features, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
     assert load_model(folder, backend="onnxruntime", precision="int8").backend is not None
+
+
+def test_a_compiled_torch_backend_never_runs_a_batch_of_one(tiny_model_dir):
+    """torch.compile specialises a batch of one and compiles again mid-run: such a batch runs as two."""
+    pytest.importorskip("torch")
+    from mitoqp.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model_dir / "model.pt", device="cpu", compile_model=False)
+    x = patches(3, 32)
+    alone = backend.predict(x[:1])
+    sizes, inner = [], backend.model
+    backend.model = lambda t: (sizes.append(t.shape[0]), inner(t))[1]
+    backend.compiled = True  # as torch.compile leaves it; compiling for real takes most of a minute here
+    out = backend.predict(x[:1])
+    assert sizes == [2] and out.shape == alone.shape == (1, 1)
+    np.testing.assert_allclose(out, alone, atol=1e-6)
+    assert backend.predict(x).shape == (3, 1) and sizes[-1] == 3
