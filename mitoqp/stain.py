@@ -57,9 +57,13 @@ BACKGROUND_BITS[: BLACK_LEVEL + 1] |= _BLACK
 CHUNK = 1 << 16  # pixels per parallel task
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True, boundscheck=False)
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _deconvolve(flat, t_r, t_g, t_b, bits, out):
-    """One stain: out[i] = t_r[r] + t_g[g] + t_b[b] for pixel i, or 0 on background."""
+    """One stain: out[i] = t_r[r] + t_g[g] + t_b[b] for pixel i, or 0 on background.
+
+    Without the GIL: it runs on the front end's thread beside the model, and a PyTorch model takes the GIL
+    back around every operation (a kernel holding it made a torch call 123x slower: benchmarks/RESULTS.md).
+    """
     n = flat.shape[0] // 3
     for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
         for i in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK)):
