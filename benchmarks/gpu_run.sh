@@ -29,9 +29,10 @@ step() {  # step NAME SECONDS COMMAND...: run it under its limit, say how it end
 # the package as its pyproject lays it out (mitoqp.runtime and mitoqp.export from their top-level folders),
 # and the wheels where tiffslide is missing
 SITE=/tmp/mitoqp-site
-rm -rf "$SITE" && mkdir -p "$SITE/bin"
+rm -rf "$SITE" && mkdir -p "$SITE"
 python3 -c 'import tiffslide' 2>/dev/null ||
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$DEV"/whl/*.whl
+mkdir -p "$SITE/bin"
 cp -r "$DEV"/site/* "$SITE"/
 cp -r mitoqp "$SITE"/ && cp -r runtime "$SITE"/mitoqp/runtime && cp -r export "$SITE"/mitoqp/export
 printf '#!/bin/sh\nexec python3 -c "import sys; from mitoqp.cli import main; sys.exit(main())" "$@"\n' > "$SITE/bin/mitoqp"
@@ -58,4 +59,5 @@ step real-cpu 90 mitoqp bench "../$DEV"/slides/*.svs --mpp 0.5 --repeat 3 --back
 # shellcheck disable=SC2086
 step slide-gpu-wide 90 mitoqp bench /tmp/bench.svs --repeat 1 $GPU --batch-size 1024 --workers 6 \
     --json "$OUT/slide_gpu_b1024_w6.json"
+step gil 120 python3 bench_gil.py /tmp/bench.svs | tee "$OUT/gil.md"
 echo "== done"
