@@ -19,21 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, machine
+from common import SHARED, machine, per_patch_ms
 from mitoqp.export.onnx_export import check_patches
 from mitoqp.runtime.model import default_model_dir, load_model
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-
-def per_patch_ms(backend, patches: np.ndarray, batch: int, reps: int = 3) -> float:
-    backend.predict(patches[:batch])
-    best = np.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        for i in range(0, len(patches), batch):
-            backend.predict(patches[i:i + batch])
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best / len(patches)
 
 
 def gpu_backends(what: str, weights: Path) -> list[tuple[str, object, float]]:

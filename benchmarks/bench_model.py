@@ -17,28 +17,16 @@ import argparse
 import importlib.util
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import SHARED, machine
+from common import SHARED, machine, per_patch_ms
 from mitoqp.export.onnx_export import check_patches
 from mitoqp.export.precision import convert_fp16, quantize_int8
 from mitoqp.runtime.backend import DihedralTTA
 from mitoqp.runtime.model import default_model_dir, load_model
 from mitoqp.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-
-def per_patch_ms(backend, patches: np.ndarray, batch: int, reps: int = 3) -> float:
-    backend.predict(patches[:batch])
-    best = np.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        for i in range(0, len(patches), batch):
-            backend.predict(patches[i:i + batch])
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best / len(patches)
 
 
 def main() -> None:

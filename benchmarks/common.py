@@ -28,6 +28,18 @@ def tissue_image(size: int, seed: int = 0) -> np.ndarray:
     return mosaic_source(real_patches(600), seed)(0, 0, size, size)
 
 
+def per_patch_ms(backend, patches: np.ndarray, batch: int, reps: int = 3) -> float:
+    """A backend's milliseconds per patch over `patches` in batches of `batch`, best of `reps` (one call first)."""
+    backend.predict(patches[:batch])
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(0, len(patches), batch):
+            backend.predict(patches[i:i + batch])
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best / len(patches)
+
+
 def best_of(fn, repeat: int = 5) -> float:
     best = float("inf")
     for _ in range(repeat):
