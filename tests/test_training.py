@@ -220,3 +220,27 @@ def test_a_held_out_scanner_is_neither_trained_on_nor_chosen_by(tmp_path, monkey
     cfg.write_text(f'[data]\namibr = "{AMIBR}"\nhold_out = ["midog21-gt450"]\n')
     with pytest.raises(ValueError, match="unknown source"):
         train_from_config(cfg, tmp_path / "run2")
+
+
+def test_jpeg_jitter_recompresses_the_share_it_is_given_and_nothing_else():
+    from mitoqp.training.augment import jpeg_jitter
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (64, 3, 32, 32)).astype(np.float32))
+    assert jpeg_jitter(x, 0.0, 50, np.random.default_rng(1)) is x  # off: the same tensor
+    y = jpeg_jitter(x, 0.5, 30, np.random.default_rng(1))
+    changed = (y != x).flatten(1).any(1)
+    assert 16 <= int(changed.sum()) <= 48  # about half, drawn per patch
+    assert y.min() >= 0 and y.max() <= 255 and torch.equal(y, y.round())
+    # JPEG at quality 95 of a smooth picture stays close to it; at 1..95 on noise it cannot
+    smooth = torch.full((4, 3, 32, 32), 120.0)
+    assert (jpeg_jitter(smooth, 1.0, 95, rng) - smooth).abs().max() <= 2
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        jpeg_jitter(x, 0.5, 0, rng)
+    # the recipe passes it through, and the same seed gives the same batch
+    crops = _disk_crops(8, 64, 8.0)
+    cfg = {"jpeg_p": 1.0, "jpeg_quality": 40}
+    a = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    b = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    c = augment_batch(crops, 48, {}, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, c)

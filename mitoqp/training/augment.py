@@ -12,11 +12,13 @@ tell the classes by their borders.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mitoqp.patches import PAD_VALUE
 from mitoqp.stain import RUIFROK_STAIN_FROM_OD, stain_matrix
@@ -178,7 +180,28 @@ def augment_batch(crops: np.ndarray, patch: int, cfg: dict, rng: np.random.Gener
     bright = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("brightness", 0.1) * 255
     contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.get("contrast", 0.1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.clamp((x - mean) * contrast + mean + bright, 0, 255)
+    x = torch.clamp((x - mean) * contrast + mean + bright, 0, 255)
+    return jpeg_jitter(x, cfg.get("jpeg_p", 0.0), int(cfg.get("jpeg_quality", 50)), rng)
+
+
+def jpeg_jitter(x: torch.Tensor, p: float, lowest: int, rng: np.random.Generator) -> torch.Tensor:
+    """Re-encode a share `p` of the batch as JPEG at a quality drawn from `lowest`..95: scanners store their
+    tiles as JPEG at different qualities (Aperio's default is 70), and a model trained on one compression
+    sees another's block edges and lost detail as new."""
+    if p <= 0:
+        return x
+    if not 1 <= lowest <= 95:
+        raise ValueError(f"train.jpeg_quality must be within 1..95, not {lowest}")
+    sel = np.flatnonzero(rng.random(x.shape[0]) < p)
+    if not len(sel):
+        return x
+    x = x.clone()
+    pixels = x[sel].round().byte().permute(0, 2, 3, 1).numpy()
+    for k, (i, q) in enumerate(zip(sel, rng.integers(lowest, 96, len(sel)))):
+        buf = io.BytesIO()
+        Image.fromarray(pixels[k]).save(buf, format="JPEG", quality=int(q))
+        x[i] = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float()
+    return x
 
 
 def center_batch(crops: np.ndarray, patch: int) -> torch.Tensor:

@@ -22,7 +22,8 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
     "train": {name: NUMBER for name in (
         "lr", "weight_decay", "focal_alpha", "focal_gamma", "center_weight", "child_weight", "subtype_weight",
         "lookalike_weight", "slide_weight", "negative_share", "ema_decay", "border_match", "dgsb_easy_below",
-        "dgsb_easy_keep", "scale_jitter", "brightness", "contrast", "lowres_factor", "lowres_p", "stain_bias", "stain_exceed",
+        "dgsb_easy_keep", "scale_jitter", "jpeg_p", "jpeg_quality", "brightness", "contrast", "lowres_factor",
+        "lowres_p", "stain_bias", "stain_exceed",
         "stain_sigma", "feature_matching", "gan_gamma", "pixel_gamma", "pixel_weight", "glass_share", "slide_share",
         "ignore_um", "positive_um", "distill_weight", "distill_temperature")}
     | {name: int for name in ("seed", "threads", "jitter", "epochs", "batch", "epoch_samples", "child_per_class",
