@@ -29,6 +29,13 @@ PARITY_PIXELS = 32e6  # at most this many pixels of patches in the check (a dens
 # the recipe settings a model card reader wants to see in model.json
 RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
                "stain_sigma", "stain_bias", "ema_decay", "teacher", "teacher_views", "distill_weight", "distill_temperature")
+# what model.json says the graph does to the pixels first, by the recipe's model.input_norm
+NORMALISATIONS = {
+    "global": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
+    "patch": {"per_patch": True, "scale": "per channel: (x - patch mean) / sqrt(patch variance + 4)"},
+    "od": {"per_patch": True, "optical_density": True,
+           "scale": "per channel: od = -ln((x + 1) / 256), then (od - patch mean) / sqrt(patch variance + 0.0001)"},
+}
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -117,8 +124,7 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "widths": list(m_cfg.get("widths", [24, 32, 64, 96] if dense else [16, 24, 48, 96])),
         "input_size": patch,
         "input": "float32 NCHW RGB 0..255 (normalisation inside the graph)",
-        "normalisation": ({"per_patch": True, "scale": "per channel: (x - patch mean) / sqrt(patch variance + 4)"}
-                          if m_cfg.get("input_norm") == "patch" else {"mean": 0.5, "std": 0.25, "scale": "x / 255"}),
+        "normalisation": NORMALISATIONS.get(m_cfg.get("input_norm", "global"), NORMALISATIONS["global"]),
         "output": (dense_output(ckpt, model) if dense else
                    "(N, 2): probability of a mitotic figure, probability that it is atypical" if subtype
                    else "probability of a mitotic figure"),

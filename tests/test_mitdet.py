@@ -172,6 +172,28 @@ def test_patch_input_norm_ignores_a_colour_cast_and_exports_to_onnx(tmp_path):
         build_model({"input_norm": "scanner"})
 
 
+def test_od_input_norm_ignores_stain_amount_and_illumination_and_exports_to_onnx(tmp_path):
+    """In optical density a stain's amount is a scale and the lamp an offset: both gone after standardising."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    od = torch.rand(4, 1, 32, 32) * 1.2 + 0.1  # one stain's optical density map
+    stain = torch.tensor([0.65, 0.70, 0.29])[None, :, None, None]  # hematoxylin's OD vector (Ruifrok)
+    def pixels(amount: float, lamp: float) -> torch.Tensor:
+        return lamp * 256.0 * torch.exp(-amount * od * stain) - 1.0
+    x, darker = pixels(1.0, 1.0), pixels(1.4, 0.85)  # more stain, a dimmer lamp
+    model = build_model({"widths": [8, 8, 16, 16], "se": True, "input_norm": "od"}).eval()
+    rgb = build_model({"widths": [8, 8, 16, 16], "se": True, "input_norm": "patch"}).eval()
+    with torch.no_grad():
+        assert torch.allclose(model.normalise(x), model.normalise(darker), atol=0.01)  # up to the floor on the spread
+        assert (rgb.normalise(x) - rgb.normalise(darker)).abs().max() > 0.08  # per-channel RGB standardising cannot
+        assert bool(torch.isfinite(model.normalise(torch.full((1, 3, 8, 8), 255.0))).all())  # glass, flat
+        torch.onnx.export(model, x, tmp_path / "m.onnx", input_names=["patches"], output_names=["p"],
+                          dynamic_axes={"patches": {0: "n"}}, opset_version=17, dynamo=False)
+        ref = model(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"patches": x.numpy()})[0]
+    assert np.abs(got - ref).max() < 1e-5
+
+
 # --- stain augmentation and normalisation ---------------------------------------------------
 
 SURVEY = json.loads((ROOT / "configs" / "stain_survey.json").read_text())

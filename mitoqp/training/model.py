@@ -11,7 +11,10 @@ input pooled by `input_pool` inside the graph (the cheap prefilter of a cascade
 sees the same patch at half the resolution, a quarter of the pixels), and
 `input_norm = "patch"`: each patch standardised per colour channel by its own
 mean and spread, so a scanner's global colour cast and contrast do not reach
-the network (the default, "global", uses one fixed mean and spread).
+the network (the default, "global", uses one fixed mean and spread), or
+`input_norm = "od"`: each pixel to optical density first (-ln((x + 1) / 256),
+where stain amount and illumination are a scale and an offset, Beer-Lambert),
+then standardised per patch the same way.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ class CompactResNet(nn.Module):
                  se: bool = False, efdmix_p: float = 0.0, efdmix_alpha: float = 0.1,
                  child_classes: int = 0, subtype: bool = False, input_pool: int = 1, input_norm: str = "global"):
         super().__init__()
-        if input_norm not in ("global", "patch"):
-            raise ValueError(f"input_norm must be 'global' or 'patch', not {input_norm!r}")
+        if input_norm not in ("global", "patch", "od"):
+            raise ValueError(f"input_norm must be 'global', 'patch' or 'od', not {input_norm!r}")
         self.input_norm = input_norm
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
@@ -108,8 +111,12 @@ class CompactResNet(nn.Module):
         """Pixels 0..255 to the network's input: fixed statistics, or each patch's own per channel."""
         if self.input_norm == "global":
             return (x - self.mean) * self.scale
+        floor = 4.0  # a flat patch stays finite: a spread of 2 grey levels
+        if self.input_norm == "od":
+            x = -torch.log((x + 1.0) * (1.0 / 256.0))
+            floor = 1e-4  # a spread of 0.01 OD, about one grey level in mid-tone tissue
         mu = x.mean(dim=(2, 3), keepdim=True)
-        spread = (x - mu).square().mean(dim=(2, 3), keepdim=True).add(4.0).sqrt()  # +4: a flat patch stays finite
+        spread = (x - mu).square().mean(dim=(2, 3), keepdim=True).add(floor).sqrt()
         return (x - mu) / spread
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +156,7 @@ def count_macs(model: nn.Module, size: int) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, size, size))
+        model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     for h in handles:
         h.remove()
     return macs
