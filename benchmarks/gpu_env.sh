@@ -19,7 +19,7 @@ rm -rf "$SITE" && mkdir -p "$SITE"
 python3 -c 'import tiffslide' 2>/dev/null ||
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$DEV"/whl/*.whl
 mkdir -p "$SITE/bin"
-cp -r "$DEV"/site/* "$SITE"/
+[ -d "$DEV/site" ] && cp -r "$DEV"/site/* "$SITE"/  # the slim imagecodecs, where slides are read
 cp -r mitoqp "$SITE"/ && cp -r runtime "$SITE"/mitoqp/runtime && cp -r export "$SITE"/mitoqp/export
 printf '#!/bin/sh\nexec python3 -c "import sys; from mitoqp.cli import main; sys.exit(main())" "$@"\n' > "$SITE/bin/mitoqp"
 chmod +x "$SITE/bin/mitoqp"

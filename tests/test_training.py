@@ -30,6 +30,41 @@ def test_tiny_training_lowers_the_loss_and_exports(tmp_path):
     assert model.patch == 32 and model.mpp == 0.25 and 0 <= model.threshold <= 1
 
 
+def test_training_device_auto_takes_a_gpu_only_where_torch_sees_one(monkeypatch):
+    from mitoqp.training.train import training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto").type == "cpu" and training_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        training_device("cuda")
+    with pytest.raises(ValueError, match="train.device"):
+        training_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device("auto").type == "cuda" and training_device("cpu").type == "cpu"
+
+
+def test_device_setting_leaves_a_cpu_run_as_it_was(tmp_path, monkeypatch):
+    """On a machine without a GPU, "auto" and "cpu" train the same weights: the device moves nothing else."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tr, va = synthetic_fields(tmp_path, 12, "train", 0), synthetic_fields(tmp_path, 4, "validation", 1)
+    runs = []
+    for device in ("auto", "cpu"):
+        cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16], "se": True, "subtype": True},
+               "train": {"epochs": 1, "epoch_samples": 64, "batch": 32, "jitter": 4, "threads": 1, "device": device,
+                         "child_classes": "labels", "center_weight": 0.01}}
+        runs.append(train(cfg, tr, va, tmp_path / device, log=lambda m: None))
+        assert torch.load(tmp_path / device / "best.pt", weights_only=False)["state_dict"]["head.weight"].device.type == "cpu"
+    assert runs[0]["loss"] == runs[1]["loss"] and runs[0]["auc"] == runs[1]["auc"]
+
+
+def test_dense_recipes_refuse_a_gpu_they_would_not_use(tmp_path):
+    from mitoqp.training.dense_run import start_dense
+
+    with pytest.raises(ValueError, match="dense methods"):
+        start_dense({"train": {"device": "cuda"}}, tmp_path / "run")
+    assert start_dense({"train": {"device": "auto", "threads": 1}}, tmp_path / "run").seed == 0
+
+
 def test_exported_graph_matches_pytorch_on_other_batch_sizes(tiny_model_dir):
     ckpt = next(tiny_model_dir.parent.glob("run/best.pt"))
     model, meta = load_checkpoint(ckpt)

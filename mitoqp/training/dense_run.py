@@ -32,6 +32,9 @@ def start_dense(cfg: dict, run_dir: Path) -> DenseSettings:
     """Reads the shared settings, seeds torch, sets its threads and makes the run folder."""
     t_cfg, d_cfg = cfg.get("train", {}), cfg.get("dense", {})
     seed = int(t_cfg.get("seed", 0))
+    if str(t_cfg.get("device", "auto")) == "cuda":  # "auto" trains these on the CPU
+        raise ValueError("train.device = \"cuda\" is for the patch recipes; the dense methods (uts, rdlm, minugan) "
+                         "train on the CPU")
     torch.manual_seed(seed)
     torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
     run_dir.mkdir(parents=True, exist_ok=True)

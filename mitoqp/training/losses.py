@@ -77,4 +77,4 @@ def subtype_loss(logits: torch.Tensor, atypical: torch.Tensor, pos_weight: float
     if not known.any():
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[known], atypical[known].float(),
-                                              pos_weight=torch.tensor(pos_weight))
+                                              pos_weight=torch.tensor(pos_weight, device=logits.device))

@@ -43,6 +43,20 @@ FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 # trained to be the subtype model, its atypical-vs-normal AUC on the validation figures (smoother than the
 # balanced accuracy at one threshold: validation holds few atypical figures)
 SELECT_BY = ("hpf_f1", "mean_recall", "subtype_auc")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def training_device(name: str) -> torch.device:
+    """`train.device`: "auto" takes a CUDA GPU where PyTorch sees one; "cuda" insists (a clear error without)."""
+    if name not in DEVICES:
+        raise ValueError(f"train.device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device = \"cuda\", but PyTorch sees no CUDA GPU (a CPU-only PyTorch build, or no driver)")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _uts():
@@ -81,7 +95,8 @@ def seed_everything(seed: int) -> None:
 def score(model: torch.nn.Module, crops: np.ndarray, patch: int, batch: int = 512) -> np.ndarray:
     """Model outputs on the centre patches: (N,) mitosis probability, or (N, 2) with the atypical one."""
     model.eval()
-    parts = [model(center_batch(crops[i:i + batch], patch)).numpy() for i in range(0, len(crops), batch)]
+    device = model_device(model)
+    parts = [model(center_batch(crops[i:i + batch], patch).to(device)).cpu().numpy() for i in range(0, len(crops), batch)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -89,11 +104,12 @@ def score(model: torch.nn.Module, crops: np.ndarray, patch: int, batch: int = 51
 def embed_and_score(model, crops: np.ndarray, patch: int, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(features, mitosis probability) of every crop's centre patch, for k-means and DGSB."""
     model.eval()
+    device = model_device(model)
     feats, probs = [], []
     for i in range(0, len(crops), batch):
-        z = model.embed(center_batch(crops[i:i + batch], patch))
-        feats.append(z.numpy())
-        probs.append(torch.sigmoid(model.head(z).squeeze(1)).numpy())
+        z = model.embed(center_batch(crops[i:i + batch], patch).to(device))
+        feats.append(z.cpu().numpy())
+        probs.append(torch.sigmoid(model.head(z).squeeze(1)).cpu().numpy())
     return np.concatenate(feats), np.concatenate(probs)
 
 
@@ -150,6 +166,15 @@ class Objective:
     distill_weight: float = 0.0  # with a teacher: the weight of its soft targets beside the labels' focal loss
     distill_temperature: float = 1.0
 
+    def to(self, device: torch.device) -> "Objective":
+        """The learnt centres and the child-to-parent map onto the training device."""
+        self.center_parent.to(device)
+        if self.center_child is not None:
+            self.center_child.to(device)
+        if self.parent_of_child is not None:
+            self.parent_of_child = self.parent_of_child.to(device)
+        return self
+
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, child: torch.Tensor | None, atypical: torch.Tensor,
                  soft: torch.Tensor | None = None) -> torch.Tensor:
         z = model.embed(x)
@@ -177,6 +202,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     seed = int(t_cfg.get("seed", 0))
     seed_everything(seed)
     torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
+    device = training_device(str(t_cfg.get("device", "auto")))
     cparams = CandidateParams(**cfg.get("candidates", {}))
     patch = int(m_cfg.get("patch", 96))
     jitter = int(t_cfg.get("jitter", 8))
@@ -203,14 +229,16 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     phase1 = int(t_cfg.get("phase1_epochs", 0)) if (t_cfg.get("dgsb", False) or child_mode == "kmeans") else 0
 
     model = build_model(m_cfg, n_child)
-    log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, patch) / 1e6:.1f} M MACs per patch")
+    log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, patch) / 1e6:.1f} M MACs per patch"
+        f", training on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    model.to(device)
     gamma, alpha = float(t_cfg.get("focal_gamma", 2.0)), float(t_cfg.get("focal_alpha", 0.5))
     n_atyp, n_norm = int((tr.atypical == 1).sum()), int((tr.atypical == 0).sum())
     objective = Objective(
         gamma, alpha, float(t_cfg.get("center_weight", 0.0)), float(t_cfg.get("child_weight", 0.5)),
         float(t_cfg.get("subtype_weight", 0.05)), n_norm / max(n_atyp, 1), CenterLoss(2, model.embed_dim),
         CenterLoss(n_child, model.embed_dim) if n_child else None,
-        torch.from_numpy(LABEL_CHILD_PARENT) if child_mode == "labels" else None)
+        torch.from_numpy(LABEL_CHILD_PARENT) if child_mode == "labels" else None).to(device)
     child = label_children(tr) if child_mode == "labels" else None
     soft_target = distillation_targets(t_cfg, tr, patch, log)
     objective.distill_weight = float(t_cfg.get("distill_weight", 1.0)) if soft_target is not None else 0.0
@@ -251,18 +279,18 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             sampler.neg_share = float(t_cfg.get("negative_share", 0.5))
             if kmeans_child is not None:
                 child, parent_of_child = kmeans_child
-                objective.parent_of_child = torch.from_numpy(parent_of_child)
+                objective.parent_of_child = torch.from_numpy(parent_of_child).to(device)
         model.train()
         te = time.time()
         losses = []
         for _ in range(steps):
             idx = sampler.draw(rng, batch)
             crops = match_borders(tr.crops[idx], tr.labels[idx], tr.valid[idx], rng, float(t_cfg.get("border_match", 0.5)))
-            x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug)
-            y = torch.from_numpy(tr.labels[idx])
-            c = torch.from_numpy(child[idx]) if child is not None and objective.parent_of_child is not None else None
-            soft = torch.from_numpy(soft_target[idx]) if soft_target is not None else None
-            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]), soft)
+            x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug).to(device)  # augmented on the CPU: same draws
+            y = torch.from_numpy(tr.labels[idx]).to(device)
+            c = torch.from_numpy(child[idx]).to(device) if child is not None and objective.parent_of_child is not None else None
+            soft = torch.from_numpy(soft_target[idx]).to(device) if soft_target is not None else None
+            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]).to(device), soft)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -280,7 +308,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
             f"mean recall {metrics['mean_recall']:.3f}{extra} {metrics['seconds']:.0f}s")
         with (run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
-        state = {"state_dict": judged.state_dict(), "config": cfg, "threshold": metrics["threshold"],
+        state = {"state_dict": {k: v.cpu() for k, v in judged.state_dict().items()}, "config": cfg, "threshold": metrics["threshold"],
                  "atypical_threshold": metrics.get("atypical_threshold"), "child_classes": n_child,
                  "candidates": asdict(cparams), "nms_um": nms_px * 0.25, "patch": patch, "val_metrics": metrics,
                  "macs": count_macs(judged, patch), "stain_reference": reference}
