@@ -19,10 +19,11 @@ from mitoqp.runtime.model import load_model  # noqa: E402
 from mitoqp.stain import stain_matrix  # noqa: E402
 from mitoqp.stain_normalise import StainNormaliser, estimate, reference_from_images  # noqa: E402
 from mitoqp.training.augment import MacenkoStainAugment  # noqa: E402
-from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, subtype_loss  # noqa: E402
+from mitoqp.training.losses import (CenterLoss, DomainAdversary, child_class_weights, child_focal_loss,  # noqa: E402
+                                    dann_strength, reverse_gradient, subtype_loss)
 from mitoqp.training.model import EFDMix, build_model  # noqa: E402
 from mitoqp.training.samples import SampleSet  # noqa: E402
-from mitoqp.training.sampling import dgsb_sampler, kmeans_children, label_children  # noqa: E402
+from mitoqp.training.sampling import dgsb_sampler, kmeans_children, label_children, source_domains  # noqa: E402
 from mitoqp.training.train import apply_overrides  # noqa: E402
 
 
@@ -788,3 +789,67 @@ def test_evaluate_counts_the_candidates_the_model_scores_before_duplicates_are_d
     assert np.mean(reach) >= r["candidate_sensitivity"]["7.5um"]
     report = {"model": {"id": "t"}, "threshold": model.threshold, "figure_density_per_mm2": 4.7, "sets": {"validation": r}}
     assert f"validation {scored:.2f}" in markdown(report)
+
+
+# --- domain-adversarial training (DANN) ------------------------------------------------------
+
+
+def test_gradient_reversal_and_its_schedule():
+    x = torch.ones(3, 4, requires_grad=True)
+    (reverse_gradient(x, 0.5) * torch.arange(4.0)).sum().backward()
+    assert torch.equal(x.grad, -0.5 * torch.arange(4.0).expand(3, 4))  # identity forward, reversed and scaled back
+    s = [dann_strength(p) for p in np.linspace(0, 1, 11)]
+    assert s[0] == 0.0 and s[-1] > 0.99 and all(a < b for a, b in zip(s, s[1:]))
+
+
+def test_domain_adversary_learns_the_sources_while_reversing_into_the_features():
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(32, 8) + 2, torch.randn(32, 8) - 2]).requires_grad_(True)  # two separable sources
+    domain = torch.cat([torch.zeros(32), torch.ones(32), ]).long()
+    domain[:4] = -1  # a slide's samples: not asked
+    adv = DomainAdversary(8, 2)
+    opt = torch.optim.SGD(adv.parameters(), lr=0.5)
+    first = adv(z, domain, 1.0).item()
+    for _ in range(50):
+        opt.zero_grad()
+        adv(z, domain, 1.0).backward()
+        opt.step()
+    assert adv(z, domain, 1.0).item() < first / 4  # the classifier tells the sources apart
+    z.grad = None
+    adv(z, domain, 1.0).backward()
+    plain = torch.autograd.grad(torch.nn.functional.cross_entropy(adv.net(z[4:]), domain[4:]), z)[0][4:]
+    assert torch.allclose(z.grad[4:], -plain, atol=1e-6) and not z.grad[:4].any()  # the features get the reverse
+
+
+def test_source_domains_label_field_samples_and_skip_slides(tmp_path):
+    import dataclasses
+
+    fields = [dataclasses.replace(f, source=s) for f, s in
+              zip(synthetic_fields(tmp_path, 3, "train", 0), ["tupac16", "midog21-xr", "tupac16"])]
+    samples = SampleSet(np.zeros((6, 4, 4, 3), np.uint8), np.array([1, 0, 0, 1, 0, 0]), np.zeros(6, bool), np.zeros((6, 4)),
+                        np.array([0, 1, 2, 2, 0, 0]), np.zeros((6, 2)), np.array([0, 0, 0, 0, 1, 0], bool))
+    domains, names = source_domains(samples, fields, 5)  # the sixth sample came from beyond the fields
+    assert names == ["midog21-xr", "tupac16"]
+    assert domains.tolist() == [1, 0, 1, 1, -1, -1]
+
+
+def test_tiny_run_with_the_domain_adversary_trains_and_exports_without_it(tmp_path):
+    import dataclasses
+
+    from mitoqp.export.onnx_export import export_model
+    from mitoqp.patches import extract_patches
+    from mitoqp.training.train import train
+
+    tr = [dataclasses.replace(f, source=("a" if i % 2 else "b")) for i, f in enumerate(synthetic_fields(tmp_path, 16, "train", 0))]
+    va = synthetic_fields(tmp_path, 4, "validation", 1)
+    cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16], "se": True},
+           "train": {"epochs": 2, "epoch_samples": 128, "batch": 32, "jitter": 4, "threads": 1, "domain_weight": 0.1}}
+    logs = []
+    train(cfg, tr, va, tmp_path / "run", log=logs.append)
+    assert any(line.startswith("domain adversary (weight 0.1) over 2 sources: a ") for line in logs)
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert not any("adversary" in k for k in ckpt["state_dict"])  # a training device only
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in va])
+    assert export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches)["parity"]["decisions_differ"] == 0
+    with pytest.raises(ValueError, match="two sources"):
+        train(cfg, [dataclasses.replace(f, source="a") for f in tr], va, tmp_path / "one", log=lambda m: None)

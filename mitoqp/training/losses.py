@@ -3,9 +3,12 @@
 MitDet eq. 10: L = focal_parent + centre_parent + lambda * (weighted focal_child + centre_child).
 The centre losses carry a weight here (`center_weight`): the paper's plain sum
 assumes its own feature scale; on ours an unweighted centre loss swamps the rest.
+Beside them, optionally, a domain-adversarial loss (DANN) over the training sources.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +81,45 @@ def subtype_loss(logits: torch.Tensor, atypical: torch.Tensor, pos_weight: float
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[known], atypical[known].float(),
                                               pos_weight=torch.tensor(pos_weight, device=logits.device))
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by -strength on the way back (Ganin et al. 2016)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, strength: float) -> torch.Tensor:
+    return _ReverseGradient.apply(x, strength)
+
+
+class DomainAdversary(nn.Module):
+    """DANN's domain classifier: which training source (scanner, centre) a sample's features come from.
+
+    Behind a gradient reversal, so the classifier learns to tell the sources apart
+    while the network learns features it cannot tell apart: what is left is what
+    the sources share. Training only; the exported model never has it.
+    """
+
+    def __init__(self, dim: int, domains: int, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, domains))
+
+    def forward(self, features: torch.Tensor, domain: torch.Tensor, strength: float) -> torch.Tensor:
+        """Cross-entropy over the samples of a known source (domain >= 0)."""
+        known = domain >= 0
+        if not known.any():
+            return features.sum() * 0.0
+        return F.cross_entropy(self.net(reverse_gradient(features[known], strength)), domain[known])
+
+
+def dann_strength(progress: float) -> float:
+    """DANN's schedule for the reversal: 0 at the start, rising to 1, so the adversary waits for real features."""
+    return float(2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)

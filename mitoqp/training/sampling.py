@@ -148,3 +148,18 @@ def kmeans_children(features: np.ndarray, labels: np.ndarray, per_parent: int, s
         child[idx] = len(parents) + assign
         parents += [parent] * (assign.max() + 1)
     return child, np.array(parents)
+
+
+def source_domains(samples: SampleSet, fields: list, n_field_samples: int) -> tuple[np.ndarray, list[str]]:
+    """Each sample's training source as an index into the returned names, for the domain adversary.
+
+    The first `n_field_samples` samples come from `fields`; the rest (slides, a lab's
+    annotated images) and fields of no known source get -1 and are not asked about.
+    """
+    names = sorted({f.source for f in fields if f.source})
+    index = {name: i for i, name in enumerate(names)}
+    per_field = np.array([index.get(f.source, -1) for f in fields] or [-1], np.int64)
+    out = np.full(len(samples), -1, np.int64)
+    out[:n_field_samples] = per_field[samples.field_index[:n_field_samples]]
+    out[samples.from_slide] = -1
+    return out, names

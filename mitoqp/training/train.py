@@ -32,11 +32,12 @@ from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, bagged_balanced_cut, froc,
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
 from mitoqp.training.distill import distill_loss, load_teacher, teacher_probabilities
-from mitoqp.training.losses import CenterLoss, child_class_weights, child_focal_loss, focal_loss, subtype_loss
+from mitoqp.training.losses import (CenterLoss, DomainAdversary, child_class_weights, child_focal_loss, dann_strength,
+                                    focal_loss, subtype_loss)
 from mitoqp.training.model import build_model, count_macs
 from mitoqp.training.samples import SampleSet, build_samples, concat_samples, slide_samples
 from mitoqp.training.sampling import (LABEL_CHILD_PARENT, LABEL_CHILDREN, BatchSampler, dgsb_sampler, kmeans_children,
-                                      label_children, subtype_targets, weighted_sampler)
+                                      label_children, source_domains, subtype_targets, weighted_sampler)
 
 FIELD_AREA_MM2 = (128 * 0.25 / 1000) ** 2
 # what picks the best epoch: the detector's HPF-equivalent F1 or mean recall over 1-64 FP/mm^2, or, for a model
@@ -165,6 +166,8 @@ class Objective:
     parent_of_child: torch.Tensor | None
     distill_weight: float = 0.0  # with a teacher: the weight of its soft targets beside the labels' focal loss
     distill_temperature: float = 1.0
+    adversary: DomainAdversary | None = None  # DANN over the training sources (train.domain_weight > 0)
+    domain_weight: float = 0.0
 
     def to(self, device: torch.device) -> "Objective":
         """The learnt centres and the child-to-parent map onto the training device."""
@@ -173,10 +176,12 @@ class Objective:
             self.center_child.to(device)
         if self.parent_of_child is not None:
             self.parent_of_child = self.parent_of_child.to(device)
+        if self.adversary is not None:
+            self.adversary.to(device)
         return self
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, child: torch.Tensor | None, atypical: torch.Tensor,
-                 soft: torch.Tensor | None = None) -> torch.Tensor:
+                 soft: torch.Tensor | None = None, domain: torch.Tensor | None = None, strength: float = 0.0) -> torch.Tensor:
         z = model.embed(x)
         out = model.heads(z)
         loss = focal_loss(out["parent"], y, self.gamma, self.alpha)
@@ -192,6 +197,8 @@ class Objective:
             loss = loss + self.child_weight * level2
         if "subtype" in out and self.subtype_weight > 0:
             loss = loss + self.subtype_weight * subtype_loss(out["subtype"], atypical, self.subtype_pos_weight)
+        if self.adversary is not None and domain is not None:
+            loss = loss + self.domain_weight * self.adversary(z, domain, strength)
         return loss
 
 
@@ -213,6 +220,7 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     t0 = time.time()
     tr = build_samples(train_fields, cparams, patch + 2 * jitter, radius_px)
     va = build_samples(val_fields, cparams, patch, radius_px, add_missed=False)
+    n_field_samples = len(tr)
     if extra_samples:
         tr = concat_samples([tr, *extra_samples])
     log(f"samples: train {int((tr.labels == 1).sum())} pos / {int((tr.labels == 0).sum())} neg "
@@ -243,12 +251,21 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     soft_target = distillation_targets(t_cfg, tr, patch, log)
     objective.distill_weight = float(t_cfg.get("distill_weight", 1.0)) if soft_target is not None else 0.0
     objective.distill_temperature = float(t_cfg.get("distill_temperature", 1.0))
+    domains, domain_names = source_domains(tr, train_fields, n_field_samples)
+    objective.domain_weight = float(t_cfg.get("domain_weight", 0.0))
+    if objective.domain_weight > 0:
+        if len(domain_names) < 2:
+            raise ValueError(f"train.domain_weight needs training fields from two sources or more, not {domain_names}")
+        objective.adversary = DomainAdversary(model.embed_dim, len(domain_names)).to(device)
+        log(f"domain adversary (weight {objective.domain_weight}) over {len(domain_names)} sources: "
+            + ", ".join(f"{n} {int((domains == i).sum())}" for i, n in enumerate(domain_names)))
 
     epochs = int(t_cfg.get("epochs", 20))
     batch = int(t_cfg.get("batch", 128))
     steps = max(1, int(t_cfg.get("epoch_samples", 12000)) // batch)
     params = list(model.parameters()) + list(objective.center_parent.parameters())
     params += list(objective.center_child.parameters()) if objective.center_child is not None else []
+    params += list(objective.adversary.parameters()) if objective.adversary is not None else []
     opt = torch.optim.AdamW(params, lr=float(t_cfg.get("lr", 2e-3)), weight_decay=float(t_cfg.get("weight_decay", 1e-4)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t_cfg.get("lr", 2e-3)), total_steps=epochs * steps)
     rng = np.random.default_rng(seed)
@@ -283,14 +300,16 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         model.train()
         te = time.time()
         losses = []
-        for _ in range(steps):
+        for step in range(steps):
             idx = sampler.draw(rng, batch)
             crops = match_borders(tr.crops[idx], tr.labels[idx], tr.valid[idx], rng, float(t_cfg.get("border_match", 0.5)))
             x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug).to(device)  # augmented on the CPU: same draws
             y = torch.from_numpy(tr.labels[idx]).to(device)
             c = torch.from_numpy(child[idx]).to(device) if child is not None and objective.parent_of_child is not None else None
             soft = torch.from_numpy(soft_target[idx]).to(device) if soft_target is not None else None
-            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]).to(device), soft)
+            d = torch.from_numpy(domains[idx]).to(device) if objective.adversary is not None else None
+            strength = dann_strength(((epoch - 1) * steps + step) / (epochs * steps))
+            loss = objective(model, x, y, c, torch.from_numpy(subtype_target[idx]).to(device), soft, d, strength)
             opt.zero_grad()
             loss.backward()
             opt.step()
