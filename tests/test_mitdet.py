@@ -847,6 +847,7 @@ def test_tiny_run_with_the_domain_adversary_trains_and_exports_without_it(tmp_pa
     logs = []
     train(cfg, tr, va, tmp_path / "run", log=logs.append)
     assert any(line.startswith("domain adversary (weight 0.1) over 2 sources: a ") for line in logs)
+    assert sum("domain loss" in line and "(chance 0.693)" in line for line in logs) == 2  # one per epoch
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert not any("adversary" in k for k in ckpt["state_dict"])  # a training device only
     patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in va])

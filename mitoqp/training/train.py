@@ -17,7 +17,7 @@ import json
 import random
 import time
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +168,7 @@ class Objective:
     distill_temperature: float = 1.0
     adversary: DomainAdversary | None = None  # DANN over the training sources (train.domain_weight > 0)
     domain_weight: float = 0.0
+    domain_losses: list = field(default_factory=list)  # the adversary's cross-entropy per step, for the epoch's log
 
     def to(self, device: torch.device) -> "Objective":
         """The learnt centres and the child-to-parent map onto the training device."""
@@ -198,7 +199,9 @@ class Objective:
         if "subtype" in out and self.subtype_weight > 0:
             loss = loss + self.subtype_weight * subtype_loss(out["subtype"], atypical, self.subtype_pos_weight)
         if self.adversary is not None and domain is not None:
-            loss = loss + self.domain_weight * self.adversary(z, domain, strength)
+            domain_loss = self.adversary(z, domain, strength)
+            self.domain_losses.append(domain_loss.detach())
+            loss = loss + self.domain_weight * domain_loss
         return loss
 
 
@@ -322,6 +325,10 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         metrics.update(epoch=epoch, loss=float(np.mean(losses)), seconds=time.time() - te)
         extra = (f", subtype bal. acc. {metrics['subtype_balanced_accuracy']:.3f} AUC {metrics['subtype_auc']:.3f}"
                  if "subtype_balanced_accuracy" in metrics else "")
+        if objective.domain_losses:  # near ln(sources): the features no longer tell the sources apart
+            metrics["domain_loss"] = float(torch.stack(objective.domain_losses).mean())
+            objective.domain_losses.clear()
+            extra += f", domain loss {metrics['domain_loss']:.3f} (chance {np.log(len(domain_names)):.3f})"
         log(f"epoch {epoch}: loss {metrics['loss']:.4f} val AUC {metrics['auc']:.4f} HPF-F1 {metrics['hpf_f1']:.3f} "
             f"(recall {metrics['recall']:.3f}, {metrics['fp_per_mm2']:.1f} FP/mm2 at t={metrics['threshold']:.3f}) "
             f"mean recall {metrics['mean_recall']:.3f}{extra} {metrics['seconds']:.0f}s")
