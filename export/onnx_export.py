@@ -28,7 +28,8 @@ PARITY_BATCH_PIXELS = 4e6  # pixels per forward pass of the parity check (large 
 PARITY_PIXELS = 32e6  # at most this many pixels of patches in the check (a dense model's tiles are 1024 px)
 # the recipe settings a model card reader wants to see in model.json
 RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
-               "stain_sigma", "stain_bias", "ema_decay", "teacher", "teacher_views", "distill_weight", "distill_temperature")
+               "stain_sigma", "stain_bias", "ema_decay", "teacher", "teacher_views", "distill_weight", "distill_temperature",
+               "domain_weight")
 # what model.json says the graph does to the pixels first, by the recipe's model.input_norm
 NORMALISATIONS = {
     "global": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
