@@ -2,8 +2,8 @@
 # Training on a lent GPU against the same machine's CPU cores: `mitoqp train` with train.device = "cuda", then
 # "cpu" on all its cores, the default's recipe (mitoqp-v6's) on a packed subset of AMi-Br. Run from the project root:
 #
-#     python benchmarks/pack_fields.py .dev/train/fields --train 600 && mkdir -p .dev/train/whl && cp SHAPELY.whl .dev/train/whl/
-#     bash benchmarks/gpu_train.sh OUT .dev/train        # the device tool: carry [".dev/train"], 60 MiB with the tree
+#     python benchmarks/pack_fields.py .dev-train/fields --train 600 && mkdir -p .dev-train/whl && cp SHAPELY.whl .dev-train/whl/
+#     bash benchmarks/gpu_train.sh OUT .dev-train        # the device tool: carry [".dev-train"], 60 MiB with the tree
 #
 # Without the real slides' negatives (tiffslide and its codecs would not fit beside the fields): an epoch costs
 # the same (epoch_samples fixed), so seconds per epoch compare; the model is not the default's.

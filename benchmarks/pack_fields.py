@@ -1,6 +1,6 @@
 """A subset of AMi-Br in its own layout, small enough to send to a lent GPU machine (64 MiB with the tree).
 
-    python benchmarks/pack_fields.py .dev/train/fields --train 600
+    python benchmarks/pack_fields.py .dev-train/fields --train 600
 
 Copies AMI-BR.csv's rows of every validation field and of `--train` training fields (drawn with a fixed
 seed, both datasets), their PNGs, and the MIDOG 2021 labels. For timing training there (gpu_train.sh);
