@@ -65,6 +65,17 @@ def test_dense_recipes_refuse_a_gpu_they_would_not_use(tmp_path):
     assert start_dense({"train": {"device": "auto", "threads": 1}}, tmp_path / "run").seed == 0
 
 
+def test_an_unavailable_device_stops_training_before_any_data_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('[data]\namibr = "/nonexistent"\n[train]\ndevice = "cuda"\n')
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train_from_config(cfg, tmp_path / "run")
+    cfg.write_text('method = "rdlm"\n[data]\namibr = "/nonexistent"\n[train]\ndevice = "cuda"\n')
+    with pytest.raises(ValueError, match="dense methods"):
+        train_from_config(cfg, tmp_path / "run")
+
+
 def test_exported_graph_matches_pytorch_on_other_batch_sizes(tiny_model_dir):
     ckpt = next(tiny_model_dir.parent.glob("run/best.pt"))
     model, meta = load_checkpoint(ckpt)

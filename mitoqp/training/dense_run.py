@@ -28,13 +28,18 @@ class DenseSettings:
     min_distance_um: float  # peaks closer than this are one figure
 
 
+def refuse_gpu(t_cfg: dict) -> None:
+    """The dense recipes train on the CPU: `train.device = "cuda"` is an error, not a silent CPU run ("auto" is fine)."""
+    if str(t_cfg.get("device", "auto")) == "cuda":
+        raise ValueError("train.device = \"cuda\" is for the patch recipes; the dense methods (uts, rdlm, minugan) "
+                         "train on the CPU")
+
+
 def start_dense(cfg: dict, run_dir: Path) -> DenseSettings:
     """Reads the shared settings, seeds torch, sets its threads and makes the run folder."""
     t_cfg, d_cfg = cfg.get("train", {}), cfg.get("dense", {})
     seed = int(t_cfg.get("seed", 0))
-    if str(t_cfg.get("device", "auto")) == "cuda":  # "auto" trains these on the CPU
-        raise ValueError("train.device = \"cuda\" is for the patch recipes; the dense methods (uts, rdlm, minugan) "
-                         "train on the CPU")
+    refuse_gpu(t_cfg)
     torch.manual_seed(seed)
     torch.set_num_threads(int(t_cfg.get("threads", torch.get_num_threads())))
     run_dir.mkdir(parents=True, exist_ok=True)

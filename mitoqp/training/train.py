@@ -31,6 +31,7 @@ from mitoqp.training.recipe import check_recipe
 from mitoqp.metrics import MEAN_RECALL_LEVELS, Match, bagged_balanced_cut, froc, match_detections, roc_auc, smoothed_threshold
 from mitoqp.peaks import suppress_duplicates
 from mitoqp.training.augment import augment_batch, center_batch, match_borders, stain_augmenter
+from mitoqp.training.dense_run import refuse_gpu
 from mitoqp.training.distill import distill_loss, load_teacher, teacher_probabilities
 from mitoqp.training.losses import (CenterLoss, DomainAdversary, child_class_weights, child_focal_loss, dann_strength,
                                     focal_loss, subtype_loss)
@@ -425,6 +426,10 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
     """The CLI entry: read the config's data, train, keep a copy of the config and a log."""
     cfg = apply_overrides(load_config(config_path), overrides or [])
     check_recipe(cfg, config_path)
+    if cfg.get("method", "mitdet") in DENSE_TRAINERS:  # a device that cannot be had stops the run before reading data
+        refuse_gpu(cfg.get("train", {}))
+    else:
+        training_device(str(cfg.get("train", {}).get("device", "auto")))
     data = cfg.get("data", {})
     if "amibr" not in data:
         raise ValueError(f"config {config_path} has no [data] amibr = \"path to AMi-Br\"")
