@@ -29,7 +29,7 @@ PARITY_PIXELS = 32e6  # at most this many pixels of patches in the check (a dens
 # the recipe settings a model card reader wants to see in model.json
 RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
                "stain_sigma", "stain_bias", "ema_decay", "teacher", "teacher_views", "distill_weight", "distill_temperature",
-               "domain_weight")
+               "domain_weight", "amp_mix_p", "amp_mix_strength")
 # what model.json says the graph does to the pixels first, by the recipe's model.input_norm
 NORMALISATIONS = {
     "global": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},

@@ -268,6 +268,15 @@ def test_a_held_out_scanner_is_neither_trained_on_nor_chosen_by(tmp_path, monkey
         train_from_config(cfg, tmp_path / "run2")
 
 
+def _augment_batch_applies(cfg: dict) -> None:
+    """The recipe passes an augmentation through: the same seed gives the same batch, and not the plain one."""
+    crops = _disk_crops(8, 64, 8.0)
+    a = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    b = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    c = augment_batch(crops, 48, {}, np.random.default_rng(3), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_jpeg_jitter_recompresses_the_share_it_is_given_and_nothing_else():
     from mitoqp.training.augment import jpeg_jitter
 
@@ -283,10 +292,38 @@ def test_jpeg_jitter_recompresses_the_share_it_is_given_and_nothing_else():
     assert (jpeg_jitter(smooth, 1.0, 95, rng) - smooth).abs().max() <= 2
     with pytest.raises(ValueError, match="jpeg_quality"):
         jpeg_jitter(x, 0.5, 0, rng)
-    # the recipe passes it through, and the same seed gives the same batch
-    crops = _disk_crops(8, 64, 8.0)
-    cfg = {"jpeg_p": 1.0, "jpeg_quality": 40}
-    a = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
-    b = augment_batch(crops, 48, cfg, np.random.default_rng(3), torch.Generator().manual_seed(3))
-    c = augment_batch(crops, 48, {}, np.random.default_rng(3), torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    _augment_batch_applies({"jpeg_p": 1.0, "jpeg_quality": 40})
+
+
+def test_amplitude_mix_keeps_each_patch_phase_and_moves_its_amplitude_towards_a_partner():
+    import torch.nn.functional as F
+
+    from mitoqp.training.augment import amplitude_mix
+
+    noise = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    soft = F.avg_pool2d(F.pad(noise[:1], (2, 2, 2, 2), mode="circular"), 5, stride=1)  # blurred: little fine detail
+    x = torch.cat([128 + 40 * soft, 128 + 15 * noise[1:]])  # a soft texture and a sharp one, far from 0 and 255
+    assert amplitude_mix(x, 0.0, 1.0, torch.Generator().manual_seed(0)) is x  # off: the same tensor, no draw
+    moved = 0
+    for seed in range(12):
+        y = amplitude_mix(x, 1.0, 1.0, torch.Generator().manual_seed(seed))
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
+        fx, fy = torch.fft.fft2(x.double()), torch.fft.fft2(y.double())
+        low, high = torch.minimum(fx[0].abs(), fx[1].abs()), torch.maximum(fx[0].abs(), fx[1].abs())
+        assert bool(((fy.abs() >= low - 1e-2) & (fy.abs() <= high + 1e-2)).all())  # between its own and the partner's
+        strong = fx.abs() > 1.0  # where the phase is defined, it is the patch's own
+        turn = torch.remainder(fy.angle() - fx.angle() + np.pi, 2 * np.pi) - np.pi
+        assert float(turn[strong & (fy.abs() > 1.0)].abs().max()) < 1e-3
+        moved += int(not torch.allclose(y, x, atol=0.5))
+    assert moved >= 4  # a partner other than itself, at a share above nothing, most of the time
+    with pytest.raises(ValueError, match="amp_mix_strength"):
+        amplitude_mix(x, 0.5, 1.5, torch.Generator())
+    _augment_batch_applies({"amp_mix_p": 1.0, "amp_mix_strength": 1.0})
+
+    from pathlib import Path
+
+    from mitoqp.training.recipe import check_recipe
+    from mitoqp.training.train import apply_overrides, load_config
+
+    recipe = Path(__file__).parent.parent / "configs" / "baseline.toml"
+    check_recipe(apply_overrides(load_config(recipe), ["train.amp_mix_p=0.5", "train.amp_mix_strength=1.0"]), recipe)

@@ -25,7 +25,8 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
         "dgsb_easy_keep", "scale_jitter", "jpeg_p", "jpeg_quality", "brightness", "contrast", "lowres_factor",
         "lowres_p", "stain_bias", "stain_exceed",
         "stain_sigma", "feature_matching", "gan_gamma", "pixel_gamma", "pixel_weight", "glass_share", "slide_share",
-        "ignore_um", "positive_um", "distill_weight", "distill_temperature", "domain_weight")}
+        "ignore_um", "positive_um", "distill_weight", "distill_temperature", "domain_weight",
+        "amp_mix_p", "amp_mix_strength")}
     | {name: int for name in ("seed", "threads", "jitter", "epochs", "batch", "epoch_samples", "child_per_class",
                               "phase1_epochs", "dgsb_clusters", "save_every", "images_per_field",
                               "teacher_views")}
