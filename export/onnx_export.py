@@ -29,7 +29,7 @@ PARITY_PIXELS = 32e6  # at most this many pixels of patches in the check (a dens
 # the recipe settings a model card reader wants to see in model.json
 RECIPE_KEYS = ("seed", "epochs", "select", "child_classes", "dgsb", "center_weight", "child_weight", "stain_aug",
                "stain_sigma", "stain_bias", "ema_decay", "teacher", "teacher_views", "distill_weight", "distill_temperature",
-               "domain_weight", "amp_mix_p", "amp_mix_strength")
+               "domain_weight", "amp_mix_p", "amp_mix_strength", "init")
 # what model.json says the graph does to the pixels first, by the recipe's model.input_norm
 NORMALISATIONS = {
     "global": {"mean": 0.5, "std": 0.25, "scale": "x / 255"},
@@ -117,7 +117,9 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     m_cfg = cfg.get("model", {})
     subtype = getattr(model, "subtype_head", None) is not None
     dense = ckpt.get("kind") == "dense"
-    held_out = list(cfg.get("data", {}).get("hold_out", []))
+    kept = int(cfg.get("data", {}).get("keep_held_out", 0))  # a few of its fields trained (a lab's, fine-tuning)
+    named = list(cfg.get("data", {}).get("hold_out", []))
+    held_out = [] if kept else named  # a source with trained fields is not held out: holdout:KEY would score them
     config = {
         "id": (extra or {}).get("id", out_dir.name),
         "kind": "dense" if dense else "patch",
@@ -137,7 +139,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
         "nms_um": float(ckpt.get("nms_um", ckpt["candidates"]["merge_um"])),
         "macs_per_patch": int(ckpt.get("macs", 0)),
         "training_data": "AMi-Br train split (MIDOG21 + TUPAC16), complete MIDOG21 labels"
-                         + "".join(f", without {SOURCES.get(k, k)}" for k in held_out),
+                         + "".join(f", without {SOURCES.get(k, k)}" for k in held_out)
+                         + (f", of {' and '.join(SOURCES.get(k, k) for k in named)} only {kept} training fields" if kept else ""),
         "training_slides": [{"path": Path(s["path"]).name, "mpp": s.get("mpp"), "train_region": s.get("train_region"),
                              "annotated": bool(s.get("annotations"))} for s in cfg.get("data", {}).get("slides", [])],
         "validation_metrics": ckpt.get("val_metrics", {}),

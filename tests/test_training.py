@@ -327,3 +327,55 @@ def test_amplitude_mix_keeps_each_patch_phase_and_moves_its_amplitude_towards_a_
 
     recipe = Path(__file__).parent.parent / "configs" / "baseline.toml"
     check_recipe(apply_overrides(load_config(recipe), ["train.amp_mix_p=0.5", "train.amp_mix_strength=1.0"]), recipe)
+
+
+def test_fine_tuning_starts_from_the_given_model_and_refuses_another_network(tmp_path, tiny_model_dir):
+    from mitoqp.training.model import build_model
+    from mitoqp.training.train import start_from
+
+    source = torch.load(tiny_model_dir / "model.pt", map_location="cpu", weights_only=False)
+    model = build_model({"patch": 32, "widths": [8, 8, 16, 16]}, 0)
+    assert not all(torch.equal(v, source["state_dict"][k]) for k, v in model.state_dict().items())
+    said = []
+    start_from(model, str(tiny_model_dir), said.append)  # an exported folder (its model.pt) or a best.pt
+    assert all(torch.equal(v, source["state_dict"][k]) for k, v in model.state_dict().items())
+    assert said == [f"weights from {tiny_model_dir}"]
+    with pytest.raises(ValueError, match="train.init: .* another network"):
+        start_from(build_model({"patch": 32, "widths": [8, 8, 16, 32]}, 0), str(tiny_model_dir), said.append)
+    with pytest.raises(ValueError, match="train.init: cannot load"):
+        start_from(model, str(tmp_path / "missing.pt"), said.append)
+    # a fine-tuning run: its first epoch starts from the model, so it is already good after one short epoch
+    tr, va = synthetic_fields(tmp_path, 24, "train", 0), synthetic_fields(tmp_path, 8, "validation", 1)
+    cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16]},
+           "train": {"epochs": 1, "epoch_samples": 32, "batch": 32, "jitter": 4, "threads": 1, "lr": 1e-5,
+                     "init": str(tiny_model_dir)}}
+    tuned = train(cfg, tr, va, tmp_path / "tuned", log=lambda m: None)
+    cold = train({**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "init"}}, tr, va, tmp_path / "cold",
+                 log=lambda m: None)
+    assert tuned["auc"] > 0.9 and tuned["auc"] > cold["auc"] and tuned["loss"] < cold["loss"] / 2
+
+
+def test_a_lab_keeps_a_fixed_draw_of_the_held_out_training_fields_and_is_no_longer_held_out(tmp_path):
+    from dataclasses import replace
+
+    from mitoqp.training.train import lab_fields
+
+    fields = synthetic_fields(tmp_path, 12, "train", 0) + synthetic_fields(tmp_path, 4, "validation", 1)
+    fields = [replace(f, source="tupac16" if i % 2 else "midog21-a") for i, f in enumerate(fields)]
+    lab = lab_fields(fields, ["tupac16"], 4)
+    assert len(lab) == 4 and all(f.source == "tupac16" and f.split == "train" for f in lab)
+    assert [f.name for f in lab] == [f.name for f in lab_fields(fields, ["tupac16"], 4)]  # the same fields every run
+    assert lab_fields(fields, ["tupac16"], 0) == []
+    with pytest.raises(ValueError, match="keep_held_out must be within 0..6"):
+        lab_fields(fields, ["tupac16"], 7)
+    # the exported model does not claim the source as held out (holdout:KEY would score the fields it trained on)
+    tr, va = synthetic_fields(tmp_path, 16, "train", 2), synthetic_fields(tmp_path, 6, "validation", 3)
+    cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16]}, "data": {"hold_out": ["tupac16"], "keep_held_out": 4},
+           "train": {"epochs": 1, "epoch_samples": 64, "batch": 32, "jitter": 4, "threads": 1}}
+    train(cfg, tr, va, tmp_path / "run", log=lambda m: None)
+    patches = np.concatenate([extract_patches(f.image(), f.figures, 32) for f in va])
+    config = export_model(tmp_path / "run" / "best.pt", tmp_path / "model", patches)
+    assert "held_out_sources" not in config and "only 4 training fields" in config["training_data"]
+    cfg["data"]["keep_held_out"] = 0
+    train(cfg, tr, va, tmp_path / "run0", log=lambda m: None)
+    assert export_model(tmp_path / "run0" / "best.pt", tmp_path / "model0", patches)["held_out_sources"] == ["tupac16"]

@@ -26,19 +26,20 @@ from mitoqp.training.model import build_model
 VIEWS = (1, 2, 4, 8)
 
 
-def load_teacher(path: str | Path) -> torch.nn.Module:
-    """A patch model from a training checkpoint (best.pt) or an exported folder (its model.pt)."""
+def load_teacher(path: str | Path, setting: str = "train.teacher") -> torch.nn.Module:
+    """A patch model from a training checkpoint (best.pt) or an exported folder (its model.pt); `setting` names
+    the recipe setting that asked for it in an error."""
     p = Path(path)
     file = p / "model.pt" if p.is_dir() else p
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=False)
         if ckpt.get("kind", "patch") != "patch":
-            raise ValueError(f"a {ckpt.get('kind')} model cannot teach a patch model")
+            raise ValueError(f"a {ckpt.get('kind')} model is not a patch model")
         m_cfg = ckpt["config"].get("model", {}) if "config" in ckpt else ckpt["model"]
         model = build_model(m_cfg, int(ckpt.get("child_classes", 0)))
         model.load_state_dict(ckpt["state_dict"])
     except (OSError, KeyError, RuntimeError, AttributeError) as exc:
-        raise ValueError(f"train.teacher: cannot load {file}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{setting}: cannot load {file}: {str(exc).splitlines()[0]}") from None
     return model.eval()
 
 

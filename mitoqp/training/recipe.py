@@ -15,7 +15,7 @@ NUMBER = (int, float)
 TOP = {"method": str, "match_radius_um": NUMBER, "nms_um": NUMBER,
        "data": dict, "model": dict, "train": dict, "candidates": dict, "dense": dict}
 SECTIONS: dict[str, dict[str, type | tuple]] = {
-    "data": {"amibr": str, "midog_json": str, "slides": list, "limit_fields": int, "hold_out": list},
+    "data": {"amibr": str, "midog_json": str, "slides": list, "limit_fields": int, "hold_out": list, "keep_held_out": int},
     "model": {"patch": int, "widths": list, "se": bool, "subtype": bool, "input_pool": int, "input_norm": str, "efdmix_p": NUMBER, "efdmix_alpha": NUMBER,
               "child_classes": int, "crop": int, "image": int, "k": int, "m": int, "glb": bool,
               "discriminators": int, "ndf": int, "ngf": int, "global_blocks": int, "local_blocks": int},
@@ -31,7 +31,7 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
                               "phase1_epochs", "dgsb_clusters", "save_every", "images_per_field",
                               "teacher_views")}
     | {"dgsb": bool, "child_classes": str, "negatives": str, "subtype_labels": str, "select": str,
-       "stain_aug": str, "stain_survey": str, "teacher": list, "teacher_from": str, "labels": str, "device": str},
+       "stain_aug": str, "stain_survey": str, "teacher": list, "teacher_from": str, "labels": str, "device": str, "init": str},
     "candidates": {name: NUMBER for name in ("sigma_um", "threshold", "min_area_um2", "max_area_um2",
                                                    "merge_um", "centre_power", "peak_area_um2", "peak_um")},
     "dense": {"tile": int, "output_stride": int, "context_px": int, "context_probe": int,

@@ -241,6 +241,8 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     phase1 = int(t_cfg.get("phase1_epochs", 0)) if (t_cfg.get("dgsb", False) or child_mode == "kmeans") else 0
 
     model = build_model(m_cfg, n_child)
+    if t_cfg.get("init"):
+        start_from(model, str(t_cfg["init"]), log)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {count_macs(model, patch) / 1e6:.1f} M MACs per patch"
         f", training on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     model.to(device)
@@ -348,6 +350,18 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
     return best
 
 
+def start_from(model: torch.nn.Module, path: str, log) -> None:
+    """Fine-tuning (train.init): begin from a trained model's weights, which must be of the same network, so a lab
+    adds its own annotated fields in a few epochs instead of training from scratch."""
+    source = load_teacher(path, "train.init")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"train.init: {path} is another network than this recipe's [model] "
+                         f"({str(exc).splitlines()[0].rstrip(':.')})") from None
+    log(f"weights from {path}")
+
+
 def distillation_targets(t_cfg: dict, tr: SampleSet, patch: int, log) -> np.ndarray | None:
     """The teachers' mitosis probability for every training crop (train.teacher), or None without one."""
     paths = t_cfg.get("teacher") or []
@@ -422,6 +436,15 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+def lab_fields(fields: list[Field], held_out: list[str], n: int) -> list[Field]:
+    """`n` training fields of the held-out sources, drawn by a fixed seed whatever the run's seed: a lab's few
+    annotated fields, to measure fine-tuning (train.init) on a centre the model was trained without."""
+    pool = [f for f in fields if f.source in held_out and f.split == "train"]
+    if n < 0 or n > len(pool):
+        raise ValueError(f"data.keep_held_out must be within 0..{len(pool)} (the held-out training fields), not {n}")
+    return [pool[i] for i in sorted(np.random.default_rng(0).choice(len(pool), n, replace=False))]
+
+
 def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | None = None) -> dict:
     """The CLI entry: read the config's data, train, keep a copy of the config and a log."""
     cfg = apply_overrides(load_config(config_path), overrides or [])
@@ -450,7 +473,10 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
     check_sources(held_out)
     if held_out:  # a scanner the model never sees, not even to pick its epoch: `evaluate --splits holdout:KEY`
         log(f"holding out {', '.join(held_out)}: {sum(f.source in held_out for f in fields)} fields")
-        fields = [f for f in fields if f.source not in held_out]
+        lab = lab_fields(fields, held_out, int(data.get("keep_held_out", 0)))
+        if lab:
+            log(f"keeping {len(lab)} training fields of the held-out sources (a lab's own annotated fields)")
+        fields = [f for f in fields if f.source not in held_out] + lab
     train_fields = [f for f in fields if f.split == "train"][:limit]
     val_fields = [f for f in fields if f.split == "validation"][:limit]
     log(f"config {config_path}: {len(train_fields)} training and {len(val_fields)} validation fields")
