@@ -342,6 +342,9 @@ def test_fine_tuning_starts_from_the_given_model_and_refuses_another_network(tmp
     assert said == [f"weights from {tiny_model_dir}"]
     with pytest.raises(ValueError, match="train.init: .* another network"):
         start_from(build_model({"patch": 32, "widths": [8, 8, 16, 32]}, 0), str(tiny_model_dir), said.append)
+    with pytest.raises(ValueError, match='train.init: .*model.input_norm = "global", this recipe has "patch"'):
+        start_from(build_model({"patch": 32, "widths": [8, 8, 16, 16], "input_norm": "patch"}, 0), str(tiny_model_dir),
+                   said.append)
     with pytest.raises(ValueError, match="train.init: cannot load"):
         start_from(model, str(tmp_path / "missing.pt"), said.append)
     # a fine-tuning run: its first epoch starts from the model, so it is already good after one short epoch

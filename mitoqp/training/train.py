@@ -354,6 +354,9 @@ def start_from(model: torch.nn.Module, path: str, log) -> None:
     """Fine-tuning (train.init): begin from a trained model's weights, which must be of the same network, so a lab
     adds its own annotated fields in a few epochs instead of training from scratch."""
     source = load_teacher(path, "train.init")
+    if source.input_norm != model.input_norm:  # no weights tell this apart: the same tensors, other pixels
+        raise ValueError(f"train.init: {path} was trained with model.input_norm = \"{source.input_norm}\", "
+                         f"this recipe has \"{model.input_norm}\"")
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as exc:
