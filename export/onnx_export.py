@@ -117,8 +117,8 @@ def export_model(checkpoint: Path, out_dir: Path, patches: np.ndarray, extra: di
     m_cfg = cfg.get("model", {})
     subtype = getattr(model, "subtype_head", None) is not None
     dense = ckpt.get("kind") == "dense"
-    kept = int(cfg.get("data", {}).get("keep_held_out", 0))  # a few of its fields trained (a lab's, fine-tuning)
     named = list(cfg.get("data", {}).get("hold_out", []))
+    kept = int(cfg.get("data", {}).get("keep_held_out", 0)) if named else 0  # a few of its fields trained (a lab's)
     held_out = [] if kept else named  # a source with trained fields is not held out: holdout:KEY would score them
     config = {
         "id": (extra or {}).get("id", out_dir.name),

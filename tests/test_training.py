@@ -62,6 +62,8 @@ def test_dense_recipes_refuse_a_gpu_they_would_not_use(tmp_path):
 
     with pytest.raises(ValueError, match="dense methods"):
         start_dense({"train": {"device": "cuda"}}, tmp_path / "run")
+    with pytest.raises(ValueError, match="train.init .* dense methods .* from scratch"):
+        start_dense({"train": {"init": "mitoqp/models/default"}}, tmp_path / "run")
     assert start_dense({"train": {"device": "auto", "threads": 1}}, tmp_path / "run").seed == 0
 
 

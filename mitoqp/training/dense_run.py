@@ -29,10 +29,14 @@ class DenseSettings:
 
 
 def refuse_gpu(t_cfg: dict) -> None:
-    """The dense recipes train on the CPU: `train.device = "cuda"` is an error, not a silent CPU run ("auto" is fine)."""
+    """The dense recipes train on the CPU from scratch: `train.device = "cuda"` and `train.init` are errors, not a
+    silent CPU run or a silent fresh start ("auto" is fine)."""
     if str(t_cfg.get("device", "auto")) == "cuda":
         raise ValueError("train.device = \"cuda\" is for the patch recipes; the dense methods (uts, rdlm, minugan) "
                          "train on the CPU")
+    if t_cfg.get("init"):
+        raise ValueError("train.init (fine-tuning) is for the patch recipes; the dense methods (uts, rdlm, minugan) "
+                         "train from scratch")
 
 
 def start_dense(cfg: dict, run_dir: Path) -> DenseSettings:
