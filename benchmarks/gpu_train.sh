@@ -7,12 +7,14 @@
 #
 # Without the real slides' negatives (tiffslide and its codecs would not fit beside the fields): an epoch costs
 # the same (epoch_samples fixed), so seconds per epoch compare; the model is not the default's.
-# GPU_EPOCHS (default 12) on the GPU, CPU_EPOCHS (default 2) on the CPU. Logs, metrics and the GPU run's best.pt to OUT.
+# GPU_EPOCHS (default 12) on the GPU, CPU_EPOCHS (default 2) on the CPU, within GPU_LIMIT and CPU_LIMIT seconds. Logs, metrics and the GPU run's best.pt to OUT.
 set -u
 OUT=${1:?usage: gpu_train.sh OUT DEV}
 DEV=${2:?usage: gpu_train.sh OUT DEV}
 GPU_EPOCHS=${GPU_EPOCHS:-12}
 CPU_EPOCHS=${CPU_EPOCHS:-2}
+GPU_LIMIT=${GPU_LIMIT:-420}  # seconds each training step may take
+CPU_LIMIT=${CPU_LIMIT:-240}
 # shellcheck source=benchmarks/gpu_env.sh
 . benchmarks/gpu_env.sh
 step environment 60 python3 -c 'import torch, os; print("torch", torch.__version__, "cuda", torch.version.cuda,
@@ -20,9 +22,9 @@ step environment 60 python3 -c 'import torch, os; print("torch", torch.__version
 RECIPE=(--set model.se=true --set 'train.select="mean_recall"' --set 'model.input_norm="patch"'
         --set train.scale_jitter=0.15 --set train.seed=0 --set train.threads="$(nproc)"
         --set "data.amibr=\"$DEV/fields\"" --set "data.midog_json=\"$DEV/fields/midog2021.json\"" --set 'data.slides=[]')
-step train-gpu 420 mitoqp train configs/baseline.toml -o /tmp/train_gpu "${RECIPE[@]}" --set 'train.device="cuda"' \
+step train-gpu "$GPU_LIMIT" mitoqp train configs/baseline.toml -o /tmp/train_gpu "${RECIPE[@]}" --set 'train.device="cuda"' \
     --set train.epochs="$GPU_EPOCHS"
-step train-cpu 240 mitoqp train configs/baseline.toml -o /tmp/train_cpu "${RECIPE[@]}" --set 'train.device="cpu"' \
+step train-cpu "$CPU_LIMIT" mitoqp train configs/baseline.toml -o /tmp/train_cpu "${RECIPE[@]}" --set 'train.device="cpu"' \
     --set train.epochs="$CPU_EPOCHS"
 for d in gpu cpu; do
     cp "/tmp/train_$d/train.log" "$OUT/train_$d.log" 2>/dev/null
