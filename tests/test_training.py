@@ -57,6 +57,22 @@ def test_device_setting_leaves_a_cpu_run_as_it_was(tmp_path, monkeypatch):
     assert runs[0]["loss"] == runs[1]["loss"] and runs[0]["auc"] == runs[1]["auc"]
 
 
+def test_prefetched_batches_train_the_same_weights(tmp_path):
+    """train.prefetch only moves the augmentation to a worker thread: the same draws, the same weights, also
+    across the second phase of DGSB, whose sampler changes between epochs."""
+    tr, va = synthetic_fields(tmp_path, 12, "train", 0), synthetic_fields(tmp_path, 4, "validation", 1)
+    weights = []
+    for prefetch in (True, False):
+        cfg = {"model": {"patch": 32, "widths": [8, 8, 16, 16], "se": True},
+               "train": {"epochs": 3, "epoch_samples": 64, "batch": 32, "jitter": 4, "threads": 1, "prefetch": prefetch,
+                         "scale_jitter": 0.15, "dgsb": True, "phase1_epochs": 1, "dgsb_clusters": 2,
+                         "save_every": 3}}
+        train(cfg, tr, va, tmp_path / str(prefetch), log=lambda m: None)
+        weights.append(torch.load(tmp_path / str(prefetch) / "epoch003.pt", weights_only=False)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_dense_recipes_refuse_a_gpu_they_would_not_use(tmp_path):
     from mitoqp.training.dense_run import start_dense
 

@@ -30,7 +30,7 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
     | {name: int for name in ("seed", "threads", "jitter", "epochs", "batch", "epoch_samples", "child_per_class",
                               "phase1_epochs", "dgsb_clusters", "save_every", "images_per_field",
                               "teacher_views")}
-    | {"dgsb": bool, "child_classes": str, "negatives": str, "subtype_labels": str, "select": str,
+    | {"dgsb": bool, "prefetch": bool, "child_classes": str, "negatives": str, "subtype_labels": str, "select": str,
        "stain_aug": str, "stain_survey": str, "teacher": list, "teacher_from": str, "labels": str, "device": str, "init": str},
     "candidates": {name: NUMBER for name in ("sigma_um", "threshold", "min_area_um2", "max_area_um2",
                                                    "merge_um", "centre_power", "peak_area_um2", "peak_um")},

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mitoqp.background import in_background
 from mitoqp.candidates import CandidateParams
 from mitoqp.datasets import Field, read_amibr, read_qupath_points
 from mitoqp.datasets.amibr import check_sources
@@ -306,10 +307,18 @@ def train(cfg: dict, train_fields: list[Field], val_fields: list[Field], run_dir
         model.train()
         te = time.time()
         losses = []
-        for step in range(steps):
-            idx = sampler.draw(rng, batch)
-            crops = match_borders(tr.crops[idx], tr.labels[idx], tr.valid[idx], rng, float(t_cfg.get("border_match", 0.5)))
-            x = augment_batch(crops, patch, t_cfg, rng, gen, stain_aug).to(device)  # augmented on the CPU: same draws
+        def drawn_batches():  # the sampling and augmentation of the epoch's batches, in order: the same draws
+            for _ in range(steps):
+                idx = sampler.draw(rng, batch)
+                crops = match_borders(tr.crops[idx], tr.labels[idx], tr.valid[idx], rng, float(t_cfg.get("border_match", 0.5)))
+                yield idx, augment_batch(crops, patch, t_cfg, rng, gen, stain_aug)
+
+        # train.prefetch: the next batches are augmented on a worker thread while this one trains (one epoch at a
+        # time, so a second phase's sampler is in place before any draw of its epoch). Off by default: on 2 cores
+        # the thread competes with PyTorch's own (0.91x; benchmarks/RESULTS.md); it is for a GPU or many cores
+        drawn = in_background(drawn_batches(), depth=2) if t_cfg.get("prefetch", False) else drawn_batches()
+        for step, (idx, x) in enumerate(drawn):
+            x = x.to(device)  # augmented on the CPU: the same draws whichever device trains
             y = torch.from_numpy(tr.labels[idx]).to(device)
             c = torch.from_numpy(child[idx]).to(device) if child is not None and objective.parent_of_child is not None else None
             soft = torch.from_numpy(soft_target[idx]).to(device) if soft_target is not None else None
