@@ -5,8 +5,8 @@
 #
 #     bash benchmarks/gpu_methods.sh OUT [DEV]
 #
-# Per model: the two real slides (GPU and CPU, median of REPEAT, default 2; tables in the log) and a generated MP-megapixel
-# slide (default 100; GPU and CPU, one run each, JSON). The log and 6 JSON reports go to OUT.
+# Per model: the two real slides (GPU and CPU, median of REPEAT, default 2; tables in the log) and a generated
+# MP-megapixel slide (default 100; GPU and CPU, one run each, JSON). The log and 6 JSON reports go to OUT.
 set -u
 OUT=${1:?usage: gpu_methods.sh OUT [DEV]}
 DEV=${2:-.dev}

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Training on a lent GPU against the same machine's CPU cores: `mitoqp train` with train.device = "cuda", again
-# with train.prefetch = true (the augmentation on a worker thread), then "cpu" on all its cores, the default's recipe (mitoqp-v6's) on a packed subset of AMi-Br. Run from the project root:
+# with train.prefetch = true (the augmentation on a worker thread), then "cpu" on all its cores; the default's
+# recipe (mitoqp-v6's) on a packed subset of AMi-Br. Run from the project root:
 #
 #     python benchmarks/pack_fields.py .dev-train/fields --train 600 && mkdir -p .dev-train/whl && cp SHAPELY.whl .dev-train/whl/
 #     bash benchmarks/gpu_train.sh OUT .dev-train        # the device tool: carry [".dev-train"], 60 MiB with the tree
 #
 # Without the real slides' negatives (tiffslide and its codecs would not fit beside the fields): an epoch costs
 # the same (epoch_samples fixed), so seconds per epoch compare; the model is not the default's.
-# GPU_EPOCHS (default 12) on the GPU (each of the two runs), CPU_EPOCHS (default 2) on the CPU, within GPU_LIMIT and CPU_LIMIT seconds. Logs, metrics and the GPU run's best.pt to OUT.
+# GPU_EPOCHS (default 12) on the GPU (each of the two runs), CPU_EPOCHS (default 2) on the CPU, within GPU_LIMIT
+# and CPU_LIMIT seconds each. Logs, metrics and the GPU run's best.pt to OUT (8 files, what a call brings back).
 set -u
 OUT=${1:?usage: gpu_train.sh OUT DEV}
 DEV=${2:?usage: gpu_train.sh OUT DEV}
