@@ -1,8 +1,8 @@
 """`mitoqp bench SLIDE...`: latency per slide, as a scanning centre measures it.
 
 Each slide is run end to end (outputs written to a temporary folder) `repeat`
-times after a warm-up that is not timed: the numba kernels compile and the
-backend runs its first batches (a TensorRT engine is built or loaded, torch
+times after a warm-up that is not timed: the numba kernels compile (the front
+end's and the hotspot search's) and the backend runs its first batches (a TensorRT engine is built or loaded, torch
 compiles) before the clock starts. Reported per slide: wall time (min and
 median), seconds and share of each stage, megapixels and patches per second,
 peak memory, and what it ran on.
@@ -23,8 +23,9 @@ import numpy as np
 from mitoqp.batch import RunConfig, expand_inputs, output_name, process_slide, versions
 from mitoqp.candidates import find_candidates
 from mitoqp.dense import tiles_per_batch
+from mitoqp.hotspot import SHAPES, find_hotspot
 from mitoqp.io_utils import write_json_atomic
-from mitoqp.pipeline import Options
+from mitoqp.pipeline import HOTSPOT_MM2, Options
 from mitoqp.runtime.model import Model
 from mitoqp.slide import SlideError, open_slide
 from mitoqp.stain import hematoxylin
@@ -48,6 +49,10 @@ def warm_up(model: Model, batch: int) -> float:
     rng = np.random.default_rng(0)
     rgb = rng.integers(60, 250, (512, 512, 3), dtype=np.uint8)
     find_candidates(hematoxylin(rgb), model.mpp, model.candidates)
+    # the hotspot search runs in the write stage of the first slide with detections: compiled there, with a
+    # cold numba cache, it put 9-12 s into that stage (benchmarks/RESULTS.md, "The dense models on the GPU")
+    for shape in SHAPES:
+        find_hotspot(rng.uniform(0, 8000, (64, 2)), HOTSPOT_MM2, model.mpp, shape)
     if model.kind == "dense":  # a run sends a dense model only as many tiles as fit BATCH_PIXELS at once
         batch = tiles_per_batch(model.patch, batch)
     patches = rng.integers(0, 256, (batch, model.patch, model.patch, 3), dtype=np.uint8)

@@ -69,3 +69,16 @@ def test_the_warm_up_runs_the_subtype_model_too(tiny_model_dir, tiny_subtype_mod
     assert [type(p).__name__ for p in backend_parts(model.backend)] == ["SubtypeJoin", "OnnxRuntimeBackend", "Counting"]
     warm_up(model, 32)
     assert sizes == [32, 7, 32]
+
+
+def test_the_warm_up_compiles_the_hotspot_search(tiny_model_dir, monkeypatch):
+    """The first slide with detections compiled the hotspot kernels inside its timed write stage (9-12 s)."""
+    import mitoqp.bench as bench
+    from mitoqp.runtime.model import load_model
+
+    seen = []
+    real = bench.find_hotspot
+    monkeypatch.setattr(bench, "find_hotspot", lambda xy, area, mpp, shape: seen.append((len(xy), shape)) or
+                        real(xy, area, mpp, shape))
+    bench.warm_up(load_model(tiny_model_dir, backend="onnxruntime"), 8)
+    assert sorted(shape for _, shape in seen) == ["circle", "square"] and all(n > 1 for n, _ in seen)
