@@ -187,6 +187,7 @@ def test_tiny_training_run_on_real_fields(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "train.log").exists()
     assert (tmp_path / "run" / "config.toml").read_text() == cfg.read_text()
     assert 0 <= best["threshold"] <= 1 and best["auc"] > 0.6
+    assert "seed 0, 2 PyTorch threads, torch " in (tmp_path / "run" / "train.log").read_text()  # what repeats the run
 
 
 def test_samples_from_a_lab_annotated_slide(tmp_path):

@@ -492,6 +492,9 @@ def train_from_config(config_path: Path, run_dir: Path, overrides: list[str] | N
     train_fields = [f for f in fields if f.split == "train"][:limit]
     val_fields = [f for f in fields if f.split == "validation"][:limit]
     log(f"config {config_path}: {len(train_fields)} training and {len(val_fields)} validation fields")
+    t_cfg = cfg.get("train", {})
+    log(f"seed {int(t_cfg.get('seed', 0))}, {int(t_cfg.get('threads', torch.get_num_threads()))} PyTorch threads, "
+        f"torch {torch.__version__}: these repeat a run; another thread count sums in another order and is another run")
     cparams = CandidateParams(**cfg.get("candidates", {}))
     crop = int(cfg.get("model", {}).get("patch", 96)) + 2 * int(cfg.get("train", {}).get("jitter", 8))
     extra = []
