@@ -88,3 +88,28 @@ def test_every_amibr_field_knows_its_source():
     fields = read_amibr(AMIBR, MIDOG_JSON, {"train", "validation"})
     counts = {key: sum(f.source == key for f in fields) for key in SOURCES}
     assert counts == {"midog21-xr": 412, "midog21-s360": 518, "midog21-cs2": 642, "tupac16": 1888}
+
+
+def test_a_field_holds_its_neighbours_from_the_table(tmp_path):
+    """TUPAC16 has no complete labels: a field cut around one figure gets the table's other figures of the same
+    image that fall inside it (else they would train and count as negatives); other images' figures do not."""
+    header = "slide,dataset,uid,x,y,expert1_atypical,expert2_atypical,expert3_atypical,majority_atypical\n"
+    rows = ["52.tif,TUPAC16,1,5040,5154,False,False,False,False",
+            "52.tif,TUPAC16,2,5001,5178,False,False,False,False",   # inside field 1, at (25, 88)
+            "52.tif,TUPAC16,3,5200,5154,False,False,False,False",   # 160 px away: outside
+            "53.tif,TUPAC16,4,5001,5178,False,False,False,False"]   # same place, another image
+    (tmp_path / "AMI-BR.csv").write_text(header + "\n".join(rows) + "\n")
+    fields = {f.name: f for f in read_amibr(tmp_path)}
+    assert fields["TUPAC16_1"].figures.tolist() == [[64.0, 64.0], [25.0, 88.0]]
+    assert fields["TUPAC16_2"].figures.tolist() == [[103.0, 40.0], [64.0, 64.0]]
+    assert fields["TUPAC16_3"].figures.tolist() == [[64.0, 64.0]]
+    assert fields["TUPAC16_4"].figures.tolist() == [[64.0, 64.0]]
+
+
+@needs_data
+def test_tupac16_fields_get_their_neighbours():
+    fields = {f.name: f for f in read_amibr(AMIBR, MIDOG_JSON)}
+    assert [64.0, 64.0] in fields["TUPAC16_4858"].figures.tolist() and len(fields["TUPAC16_4858"].figures) == 2
+    tupac = [f for f in fields.values() if f.dataset == "TUPAC16"]
+    assert {s: sum(len(f.figures) - 1 for f in tupac if f.split == s) for s in ("train", "validation", "test")} == \
+        {"train": 49, "validation": 4, "test": 4}

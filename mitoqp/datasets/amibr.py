@@ -2,7 +2,10 @@
 
 The split is fixed by slide (see ../shared/data/README.md): validation and
 test slides below, everything else trains. MIDOG21 fields get every figure
-and look-alike inside them from the complete MIDOG 2021 labels.
+and look-alike inside them from the complete MIDOG 2021 labels; other fields
+(TUPAC16, or MIDOG21 without those labels) get the figures of the table's other
+rows that lie inside them, since a field is cut around one figure and its
+neighbour on the same image would otherwise count as a negative.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
     """Fields of AMi-Br, optionally only some splits.
 
     `midog_json` (the complete MIDOG 2021 labels) adds the other figures and
-    the look-alikes that fall inside MIDOG21 fields.
+    the look-alikes that fall inside MIDOG21 fields; without it, and for
+    TUPAC16, the table's own figures on the same image that fall inside a field
+    are added (TUPAC16 test field 4858 holds figure 4859, for example).
     """
     root = Path(root)
     table = root / "AMI-BR.csv"
@@ -76,6 +81,7 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
         rows = list(csv.DictReader(table.open(newline="")))
     except OSError as exc:
         raise ValueError(f"cannot read {table}: {exc}") from None
+    table_figures = _figures_by_image(rows, table)
     for row in rows:
         try:
             dataset, slide, uid = row["dataset"], row["slide"], row["uid"]
@@ -88,15 +94,27 @@ def read_amibr(root: Path, midog_json: Path | None = None, splits: set[str] | No
         if splits and split not in splits:
             continue
         path = root / ("Atypical" if atypical else "Normal") / f"{dataset}_{uid}.png"
-        figures = np.array([[PATCH / 2, PATCH / 2]])
+        origin = np.array([cx - PATCH / 2, cy - PATCH / 2])
         lookalikes = np.zeros((0, 2))
         if dataset == "MIDOG21" and slide in coco:
-            origin = np.array([cx - PATCH / 2, cy - PATCH / 2])
             figures = _inside(coco[slide]["figures"] - origin)
             lookalikes = _inside(coco[slide]["lookalikes"] - origin)
+        else:  # the field's own figure is one of the table's rows: at the centre
+            figures = _inside(table_figures[(dataset, slide)] - origin)
         fields.append(Field(f"{dataset}_{uid}", path, dataset, split, figures, lookalikes, 0.25, atypical, votes,
                             source_of(dataset, slide)))
     return fields
+
+
+def _figures_by_image(rows: list[dict], table: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every figure of the table by (dataset, image): the labels a field shares with its neighbours."""
+    points: dict[tuple[str, str], list] = {}
+    for row in rows:
+        try:
+            points.setdefault((row["dataset"], row["slide"]), []).append((float(row["x"]), float(row["y"])))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"malformed row in {table}: {row!r} ({exc})") from None
+    return {key: np.array(value) for key, value in points.items()}
 
 
 def _inside(points: np.ndarray) -> np.ndarray:
