@@ -49,6 +49,26 @@ def test_generator_gives_two_maps_at_stride_2_and_three_critics_judge_the_pair()
     assert verdicts[0][-1].shape[-1] > verdicts[2][-1].shape[-1]
 
 
+def test_logit_score_averages_before_the_sigmoid_and_keeps_the_weights():
+    torch.manual_seed(0)
+    tanh = build_generator({"ngf": 4, "global_blocks": 2, "local_blocks": 1}).eval()
+    logit = build_generator({"ngf": 4, "global_blocks": 2, "local_blocks": 1, "score": "logit"}).eval()
+    with torch.no_grad():
+        tanh.g2_up[-1].weight.mul_(200)  # confident outputs: the tanh saturates, as a trained generator's does
+    logit.load_state_dict(tanh.state_dict())  # the same weights: only the peak score differs
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        z = 2 * tanh.pre_tanh(x)
+        assert torch.allclose((tanh.masks(x) + 1) / 2, torch.sigmoid(z), atol=1e-6)  # pixelwise the same
+        expected = torch.sigmoid(torch.nn.functional.avg_pool2d(z, 17, 2, 8, count_include_pad=False))
+        assert torch.allclose(logit(x), expected, atol=1e-6)
+        assert not torch.allclose(logit(x), tanh(x), atol=1e-2)  # the box average differs
+    # a saturated mask: two objects whose tanh averages tie near 1 keep their order in the logit score
+    z = torch.tensor([6.0, 9.0])
+    assert ((torch.tanh(z) + 1) / 2).diff().abs() < 1e-5 and torch.sigmoid(2 * z).logit().diff() > 5
+    with pytest.raises(ValueError, match="unknown MiNuGAN score"):
+        build_generator({"score": "mean"})
+
 def test_point_targets_mark_figures_and_leave_the_ring_uncounted():
     figs = [np.array([[10.0, 10.0]]), np.zeros((0, 2))]
     target, weight = point_targets(figs, 32, 4, positive_px=4, ignore_px=8)

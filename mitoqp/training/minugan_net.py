@@ -16,7 +16,11 @@ the runtime, `forward` turns the tanh masks into probabilities ((t + 1) / 2)
 and averages them over a 4-um box at output stride 2: the mitosis map then
 peaks near the middle of each segmented figure, which is what the paper's
 "centroid of every object" gives, and a peak's value says how much of a figure
-is there, so detections rank.
+is there, so detections rank. `score = "logit"` averages the last
+convolution's output instead and applies the sigmoid after: tanh saturates, so
+averaged masks of confident figures and confident look-alikes all sit near 1
+and rank by little; averaged logits keep the margin ((tanh(z) + 1) / 2 is
+sigmoid(2z), so single pixels score the same either way).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 STRIDE = 2
 MULTIPLE = 32
 SMOOTH_PX = 17  # the box (px at 0.25 um/px) the output masks are averaged over: about 4 um
+SCORES = ("tanh", "logit")  # what is averaged over the box: the masks, or their logits (sigmoid after)
 CHANNELS = ("mitosis", "nuclei")
 
 
@@ -51,8 +56,11 @@ class ResBlock(nn.Module):
 
 class Pix2PixHDGenerator(nn.Module):
     def __init__(self, ngf: int = 16, global_blocks: int = 9, local_blocks: int = 3, mean: float = 0.5,
-                 std: float = 0.25):
+                 std: float = 0.25, score: str = "tanh"):
         super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"unknown MiNuGAN score {score!r} (choose from {', '.join(SCORES)})")
+        self.score = score
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
         g = 2 * ngf  # G1's first width
@@ -65,13 +73,20 @@ class Pix2PixHDGenerator(nn.Module):
         self.g2_up = nn.Sequential(up_bn(g, ngf), nn.Conv2d(ngf, len(CHANNELS), 7, 1, 3))
         self.stride = STRIDE
 
-    def masks(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 2, H, W) tanh masks in -1..1: mitosis, nuclei (what the discriminators judge)."""
+    def pre_tanh(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W): the last convolution's output, before the tanh."""
         x = (x - self.mean) * self.scale
         coarse = self.g1_up(self.g1_blocks(self.g1_down(F.avg_pool2d(x, 2))))
-        return torch.tanh(self.g2_up(self.g2_blocks(self.g2_down(x) + coarse)))
+        return self.g2_up(self.g2_blocks(self.g2_down(x) + coarse))
+
+    def masks(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W) tanh masks in -1..1: mitosis, nuclei (what the discriminators judge)."""
+        return torch.tanh(self.pre_tanh(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.score == "logit":
+            z = F.avg_pool2d(2 * self.pre_tanh(x), SMOOTH_PX, STRIDE, SMOOTH_PX // 2, count_include_pad=False)
+            return torch.sigmoid(z)
         p = (self.masks(x) + 1) / 2
         return F.avg_pool2d(p, SMOOTH_PX, STRIDE, SMOOTH_PX // 2, count_include_pad=False)
 
@@ -117,7 +132,8 @@ class MultiscaleDiscriminator(nn.Module):
 
 
 def build_generator(cfg: dict) -> Pix2PixHDGenerator:
-    return Pix2PixHDGenerator(int(cfg.get("ngf", 16)), int(cfg.get("global_blocks", 9)), int(cfg.get("local_blocks", 3)))
+    return Pix2PixHDGenerator(int(cfg.get("ngf", 16)), int(cfg.get("global_blocks", 9)), int(cfg.get("local_blocks", 3)),
+                              score=str(cfg.get("score", "tanh")))
 
 
 def build_discriminator(cfg: dict) -> MultiscaleDiscriminator:
