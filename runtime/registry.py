@@ -45,7 +45,8 @@ def describe(where: str, folder: Path) -> dict:
         try:
             sets = json.loads((folder / "evaluation.json").read_text()).get("sets", {})
             evaluation = {k: round(v["operating_point"]["hpf_f1"], 3) for k, v in
-                          (("test", sets.get("test/all", {})), ("atnorm-br", sets.get("external/atnorm-br", {})))
+                          (("validation", sets.get("validation/all", {})), ("test", sets.get("test/all", {})),
+                           ("atnorm-br", sets.get("external/atnorm-br", {})))
                           if "hpf_f1" in v.get("operating_point", {})}
         except (OSError, ValueError, AttributeError):
             evaluation = {}
@@ -54,7 +55,9 @@ def describe(where: str, folder: Path) -> dict:
         "kind": cfg.get("kind", "patch"), "input_size": cfg.get("input_size"), "mpp": cfg.get("mpp"),
         "outputs": cfg.get("outputs", ["mitosis"]), "macs_per_patch": cfg.get("macs_per_patch"),
         "architecture": cfg.get("architecture"), "training_data": cfg.get("training_data"),
-        "validation_hpf_f1": round(val["hpf_f1"], 3) if "hpf_f1" in val else None,
+        # the folder's evaluation where it has validation (the labels and code its test figure was measured with),
+        # else what the export measured
+        "validation_hpf_f1": evaluation.pop("validation", round(val["hpf_f1"], 3) if "hpf_f1" in val else None),
         "hpf_f1": evaluation, "precisions": ["fp32"] + [p for p, e in cfg.get("precisions", {}).items() if e.get("kept")],
     }
 

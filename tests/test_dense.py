@@ -144,8 +144,12 @@ def test_registry_lists_bundled_and_installed_models_and_resolves_names(tmp_path
     (tmp_path / "models" / "broken").mkdir()
     (tmp_path / "models" / "broken" / "model.json").write_text("{not json")
     monkeypatch.setenv("MITOQP_MODEL_PATH", str(tmp_path / "models"))
+    sets = {"validation/all": {"operating_point": {"hpf_f1": 0.5}}, "test/all": {"operating_point": {"hpf_f1": 0.4}}}
+    (tmp_path / "models" / "darkness" / "evaluation.json").write_text(json.dumps({"sets": sets}))
     rows = {r["name"]: r for r in list_models()}
     assert rows["default"]["where"] == "bundled" and rows["default"]["kind"] == "patch"
+    # validation and test from the one evaluation (its labels and code), not the export's own validation figure
+    assert rows["darkness"]["validation_hpf_f1"] == 0.5 and rows["darkness"]["hpf_f1"] == {"test": 0.4}
     assert rows["darkness"]["where"] == "installed" and rows["darkness"]["kind"] == "dense"
     assert "error" in rows["broken"]
     assert resolve_model("darkness") == tmp_path / "models" / "darkness"
