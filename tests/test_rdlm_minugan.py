@@ -63,9 +63,6 @@ def test_logit_score_averages_before_the_sigmoid_and_keeps_the_weights():
         expected = torch.sigmoid(torch.nn.functional.avg_pool2d(z, 17, 2, 8, count_include_pad=False))
         assert torch.allclose(logit(x), expected, atol=1e-6)
         assert not torch.allclose(logit(x), tanh(x), atol=1e-2)  # the box average differs
-    # a saturated mask: two objects whose tanh averages tie near 1 keep their order in the logit score
-    z = torch.tensor([6.0, 9.0])
-    assert ((torch.tanh(z) + 1) / 2).diff().abs() < 1e-5 and torch.sigmoid(2 * z).logit().diff() > 5
     with pytest.raises(ValueError, match="unknown MiNuGAN score"):
         build_generator({"score": "mean"})
 

@@ -25,6 +25,21 @@ def test_fcn_gives_maps_at_stride_4_and_a_max_image_logit():
     assert 20 < receptive_radius(model) < 64
 
 
+def test_smoothed_maps_average_the_logits_before_the_sigmoid():
+    from mitoqp.training.fcn import build_fcn
+
+    torch.manual_seed(0)
+    plain = build_fcn({"widths": [8, 8, 16, 16]}).eval()
+    smooth = build_fcn({"widths": [8, 8, 16, 16], "smooth": 3}).eval()
+    smooth.load_state_dict(plain.state_dict())  # the same weights: only the score changes
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        z = plain.logit_maps(x)
+        expected = torch.sigmoid(torch.nn.functional.avg_pool2d(z, 3, 1, 1, count_include_pad=False) / 4)
+        assert smooth(x).shape == plain(x).shape and torch.allclose(smooth(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="odd number"):
+        build_fcn({"smooth": 2})
+
 def test_receptive_radius_of_a_dead_centre_is_the_probes_half_width():
     """A trained network whose centre passes no gradient once crashed a 72-epoch RDLM run's check (numel 0)."""
     model = WeakFCN((8, 8, 16, 16))

@@ -12,12 +12,15 @@ every mitoqp model). `forward` gives (N, 1, H/4, W/4) score maps,
 sigmoid(logit / 4): max-aggregated training drives the logits of figures past
 17, where sigmoid rounds to exactly 1 in float32 and the peaks of a slide lose
 their order; the temperature keeps them apart (up to a logit of about 66)
-without changing which peak ranks above which.
+without changing which peak ranks above which. `smooth = k` (odd) averages the
+logits over k x k positions before the sigmoid: a position that fires alone then
+ranks below a figure's broad response.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mitoqp.training.model import ResidualBlock
@@ -27,8 +30,12 @@ TEMPERATURE = 4.0  # of the exported score maps (training uses the logits)
 
 
 class WeakFCN(nn.Module):
-    def __init__(self, widths: tuple[int, ...] = (24, 32, 64, 96), mean: float = 0.5, std: float = 0.25):
+    def __init__(self, widths: tuple[int, ...] = (24, 32, 64, 96), mean: float = 0.5, std: float = 0.25,
+                 smooth: int = 1):
         super().__init__()
+        if smooth < 1 or smooth % 2 == 0:
+            raise ValueError(f"model.smooth must be an odd number of positions >= 1, not {smooth}")
+        self.smooth = smooth
         self.register_buffer("mean", torch.tensor(mean * 255.0))
         self.register_buffer("scale", torch.tensor(1.0 / (std * 255.0)))
         w = widths
@@ -46,7 +53,10 @@ class WeakFCN(nn.Module):
         return self.classifier(self.stages(self.stem((x - self.mean) * self.scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logit_maps(x) / TEMPERATURE)
+        z = self.logit_maps(x)
+        if self.smooth > 1:
+            z = F.avg_pool2d(z, self.smooth, 1, self.smooth // 2, count_include_pad=False)
+        return torch.sigmoid(z / TEMPERATURE)
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The image-level logit: the maximum over positions (what Eq. 1's loss is computed on)."""
@@ -54,7 +64,7 @@ class WeakFCN(nn.Module):
 
 
 def build_fcn(cfg: dict) -> WeakFCN:
-    return WeakFCN(tuple(cfg.get("widths", (24, 32, 64, 96))))
+    return WeakFCN(tuple(cfg.get("widths", (24, 32, 64, 96))), smooth=int(cfg.get("smooth", 1)))
 
 
 def receptive_radius(model: torch.nn.Module, size: int = 96, tries: int = 8) -> int:

@@ -18,7 +18,7 @@ SECTIONS: dict[str, dict[str, type | tuple]] = {
     "data": {"amibr": str, "midog_json": str, "slides": list, "limit_fields": int, "hold_out": list, "keep_held_out": int},
     "model": {"patch": int, "widths": list, "se": bool, "subtype": bool, "input_pool": int, "input_norm": str, "efdmix_p": NUMBER, "efdmix_alpha": NUMBER,
               "child_classes": int, "crop": int, "image": int, "k": int, "m": int, "glb": bool,
-              "discriminators": int, "ndf": int, "ngf": int, "global_blocks": int, "local_blocks": int, "score": str},
+              "discriminators": int, "ndf": int, "ngf": int, "global_blocks": int, "local_blocks": int, "score": str, "smooth": int},
     "train": {name: NUMBER for name in (
         "lr", "weight_decay", "focal_alpha", "focal_gamma", "center_weight", "child_weight", "subtype_weight",
         "lookalike_weight", "slide_weight", "negative_share", "ema_decay", "border_match", "dgsb_easy_below",
