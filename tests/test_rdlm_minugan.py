@@ -66,6 +66,7 @@ def test_logit_score_averages_before_the_sigmoid_and_keeps_the_weights():
     with pytest.raises(ValueError, match="unknown MiNuGAN score"):
         build_generator({"score": "mean"})
 
+
 def test_point_targets_mark_figures_and_leave_the_ring_uncounted():
     figs = [np.array([[10.0, 10.0]]), np.zeros((0, 2))]
     target, weight = point_targets(figs, 32, 4, positive_px=4, ignore_px=8)

@@ -40,6 +40,7 @@ def test_smoothed_maps_average_the_logits_before_the_sigmoid():
     with pytest.raises(ValueError, match="odd number"):
         build_fcn({"smooth": 2})
 
+
 def test_receptive_radius_of_a_dead_centre_is_the_probes_half_width():
     """A trained network whose centre passes no gradient once crashed a 72-epoch RDLM run's check (numel 0)."""
     model = WeakFCN((8, 8, 16, 16))
