@@ -129,6 +129,35 @@ def test_pseudo_masks_put_the_figure_in_the_mitosis_class_and_other_nuclei_in_th
     assert masks[:, 0].sum() < 2 * np.pi * (6 / 0.25) ** 2  # cut to a 6-um disc per figure
 
 
+@pytest.mark.parametrize("decay, kept", [(0.0, 4.0), (0.5, 3.125)])
+def test_fit_dense_judges_and_keeps_the_moving_average_of_the_weights(tmp_path, monkeypatch, decay, kept):
+    from mitoqp.training import pointmap
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    judged = []
+
+    def fake_localisation(m, *args):
+        judged.append(float(m.weight))
+        return {"mean_recall": float(m.weight), "hpf_f1": 0.0, "recall": 0.0, "fp_per_mm2": 0.0, "threshold": 0.5}
+
+    class Source:
+        def draw(self, size, batch, share, rng, glass_share=0.0):
+            return None, None
+
+    def step(crops, figures, rng, gen):  # the weights after step k are k: the average is 1, 1.5, 2.25, 3.125
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return 0.0
+
+    monkeypatch.setattr(pointmap, "localisation", fake_localisation)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    t_cfg = {"epochs": 1, "epoch_samples": 4, "batch": 1, "ema_decay": decay}
+    best, state = pointmap.fit_dense(model, step, Source(), [], t_cfg, 8, "t", tmp_path, lambda *_: None, 7.5, 8.0,
+                                     [torch.optim.Adam(model.parameters())])
+    assert judged == [kept] and float(state["weight"]) == kept and float(model.weight) == kept
+
+
 @pytest.mark.parametrize("method", ["rdlm", "minugan"])
 def test_recipe_trains_exports_and_runs_as_a_dense_model(tmp_path, method):
     from PIL import Image
